@@ -1,0 +1,154 @@
+"""Loss terms as pure functions: ELBO parts, FactorVAE's TC estimate and discriminator loss, and L_AD.
+
+Units: nats per image (sums over pixels / latent dims, means over the batch). On dSprites a trained VAE has
+recon ≈ 30–60 and KL ≈ 20–30 nats, while L_AD lies in [0, 1]: λ·L_AD needs λ ≫ 1 to compete with the ELBO.
+
+The FactorVAE two-optimiser update is written out in ``vae_attention.training.disentangle.train_step``;
+these functions only compute numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from vae_attention.errors import ConfigError
+
+PairPolicy = Literal["consecutive_dims", "consecutive_images", "random_pair", "top2"]
+PAIR_POLICIES = ("consecutive_dims", "consecutive_images", "random_pair", "top2")
+
+# Only guards the division for maps with a tiny total response; all-zero pairs are dropped before dividing.
+# Map sums at initialisation are ~1e-4 per image, so 1e-12 leaves the ratio untouched.
+AD_EPS = 1e-12
+
+
+def bernoulli_recon_loss(recon_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """−log p(x|z) under a Bernoulli decoder: BCE with logits, summed over pixels, mean over the batch."""
+    return F.binary_cross_entropy_with_logits(recon_logits, x, reduction="sum") / x.shape[0]
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, σ²) ‖ N(0, I)) = ½ Σ_i (μ_i² + σ_i² − 1 − log σ_i²), summed over dims, mean over the batch."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1).mean()
+
+
+def beta_vae_loss(recon: torch.Tensor, kld: torch.Tensor, beta: float) -> torch.Tensor:
+    """β-VAE objective (Higgins et al., 2017): recon + β·KL."""
+    return recon + beta * kld
+
+
+def permute_dims(z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Shuffle each latent dimension independently across the batch: samples of ∏_j q(z_j) (Kim & Mnih, Alg. 1)."""
+    keys = torch.rand(z.shape, generator=generator, device=z.device)
+    return torch.gather(z, 0, keys.argsort(dim=0))
+
+
+def discriminator_tc(d_logits: torch.Tensor) -> torch.Tensor:
+    """The discriminator's estimate of TC(z) = KL(q(z) ‖ ∏ q(z_j)) ≈ E[log D(z) − log(1 − D(z))].
+
+    With two logits, log(D/(1−D)) = logit₀ − logit₁. It is only an estimate and can be negative.
+    """
+    return (d_logits[:, 0] - d_logits[:, 1]).mean()
+
+
+def discriminator_loss(d_logits_joint: torch.Tensor, d_logits_permuted: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of telling q(z) (class 0) from permuted samples (class 1), averaged over the two halves.
+
+    Callers pass logits of *detached* codes, so no gradient of this loss reaches the VAE.
+    """
+    zeros = torch.zeros(d_logits_joint.shape[0], dtype=torch.long, device=d_logits_joint.device)
+    ones = torch.ones(d_logits_permuted.shape[0], dtype=torch.long, device=d_logits_permuted.device)
+    return 0.5 * (F.cross_entropy(d_logits_joint, zeros) + F.cross_entropy(d_logits_permuted, ones))
+
+
+def discriminator_accuracy(d_logits_joint: torch.Tensor, d_logits_permuted: torch.Tensor) -> torch.Tensor:
+    """Fraction of both halves classified correctly (0.5 = the discriminator is guessing)."""
+    right_joint = (d_logits_joint.argmax(dim=1) == 0).float().mean()
+    right_perm = (d_logits_permuted.argmax(dim=1) == 1).float().mean()
+    return 0.5 * (right_joint + right_perm)
+
+
+def is_zero_map(maps: torch.Tensor) -> torch.Tensor:
+    """True where a map (last two dims) has no positive response, e.g. a ReLU map of an all-negative CAM."""
+    return maps.detach().flatten(-2).amax(dim=-1) <= 0
+
+
+def zero_map_fraction(maps: torch.Tensor) -> float:
+    """Fraction of maps in ``maps`` (…, H, W) that are all zero; logged next to L_AD."""
+    return float(is_zero_map(maps).float().mean())
+
+
+def map_overlap(a1: torch.Tensor, a2: torch.Tensor, eps: float = AD_EPS) -> torch.Tensor:
+    """2·Σ_ij min(A¹, A²) / Σ_ij (A¹ + A²) per map pair: 1 for identical maps, 0 for disjoint ones."""
+    inter = torch.minimum(a1, a2).flatten(-2).sum(dim=-1)
+    total = (a1 + a2).flatten(-2).sum(dim=-1)
+    return 2.0 * inter / (total + eps)
+
+
+def _random_dim_pair(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    draw_on = generator.device if generator is not None else torch.device("cpu")
+    first, second = torch.randperm(n, generator=generator, device=draw_on)[:2].tolist()
+    return torch.tensor([first, second], device=device)
+
+
+def top2_dims(maps: torch.Tensor) -> torch.Tensor:
+    """Per image, the two dims with the largest total response, chosen without gradient → (B, 2)."""
+    return maps.detach().flatten(-2).sum(dim=-1).topk(2, dim=1).indices
+
+
+def select_pair_dims(policy: str, z_dim: int, generator: torch.Generator | None = None) -> list[int] | None:
+    """The latent dims whose maps a training step must compute for ``policy``.
+
+    ``None`` means all of them (``consecutive_dims``, and ``top2``, which ranks all dims before recomputing
+    two); ``random_pair`` needs two; ``consecutive_images`` uses one Σμ map per image instead.
+    """
+    if policy not in PAIR_POLICIES:
+        raise ConfigError(f"pairs={policy!r} is not one of {', '.join(PAIR_POLICIES)}")
+    if policy == "random_pair":
+        return _random_dim_pair(z_dim, generator, torch.device("cpu")).tolist()
+    return None
+
+
+def attention_disentanglement(
+    maps: torch.Tensor,
+    pairs: PairPolicy = "consecutive_dims",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """L_AD (Liu et al., 2020, Eq. 6): mean over map pairs of 2·Σmin(A¹, A²) / Σ(A¹ + A²).
+
+    ``maps``: (B, n, H, W) per-latent-dimension maps for the ``*_dims``/``random_pair``/``top2`` policies,
+    (B, H, W) one Σμ map per image for ``consecutive_images``. Pairs:
+    - ``consecutive_dims``: dims (0,1), (1,2), … of each image (the paper's intent; the seed's "(a,b),(b,c)").
+    - ``consecutive_images``: images (0,1), (1,2), … of the batch (what the seed's code computed).
+    - ``random_pair``: two distinct dims drawn from ``generator``.
+    - ``top2``: per image, the two dims with the highest total response (the choice carries no gradient).
+    For the last two, maps with n = 2 are taken as the chosen pair (the training step computes only those).
+    Pairs whose two maps are both all-zero are dropped (0/0); if every pair is dropped the loss is 0.
+    """
+    if pairs not in PAIR_POLICIES:
+        raise ConfigError(f"pairs={pairs!r} is not one of {', '.join(PAIR_POLICIES)}")
+    if pairs == "consecutive_images":
+        if maps.dim() != 3 or maps.shape[0] < 2:
+            raise ConfigError(f"pairs='consecutive_images' needs (B≥2, H, W) maps, got {tuple(maps.shape)}")
+        a1, a2 = maps[:-1], maps[1:]
+    else:
+        if maps.dim() != 4 or maps.shape[1] < 2:
+            raise ConfigError(f"pairs={pairs!r} needs (B, n≥2, H, W) per-dimension maps, got {tuple(maps.shape)}")
+        if pairs == "consecutive_dims":
+            a1, a2 = maps[:, :-1], maps[:, 1:]
+        else:
+            if maps.shape[1] == 2:  # the step already computed only the chosen pair
+                index = torch.tensor([0, 1], device=maps.device).expand(maps.shape[0], 2)
+            elif pairs == "random_pair":
+                index = _random_dim_pair(maps.shape[1], generator, maps.device).expand(maps.shape[0], 2)
+            else:
+                index = top2_dims(maps)
+            chosen = torch.gather(maps, 1, index[:, :, None, None].expand(-1, -1, *maps.shape[-2:]))
+            a1, a2 = chosen[:, :1], chosen[:, 1:]
+
+    keep = ~(is_zero_map(a1) & is_zero_map(a2))
+    if not bool(keep.any()):
+        return maps.sum() * 0.0  # keeps the graph connected for callers that backpropagate unconditionally
+    return map_overlap(a1, a2)[keep].mean()

@@ -1,0 +1,16 @@
+"""Training without Ray: the disentanglement config, the explicit two-optimiser step and ``TrainState``."""
+
+from vae_attention.training.config import DisentangleConfig
+from vae_attention.training.disentangle import Models, Optimizers, build_models, build_optimizers, train_step
+from vae_attention.training.state import MetricWindow, TrainState
+
+__all__ = [
+    "DisentangleConfig",
+    "MetricWindow",
+    "Models",
+    "Optimizers",
+    "TrainState",
+    "build_models",
+    "build_optimizers",
+    "train_step",
+]
