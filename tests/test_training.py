@@ -69,7 +69,7 @@ def test_discriminator_step_leaks_no_gradient_into_the_vae(model):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
     for got, want in zip(seen["d"], expected_d, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
-    assert any(not torch.equal(b, p) for b, p in zip(before, models.vae.parameters()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, models.vae.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("model", ["factorvae", "ad_factorvae", "betavae"])

@@ -119,7 +119,9 @@ def _dims_matrix(dims, batch: int, z_dim: int, device: torch.device) -> torch.Te
     if index.dim() == 1:
         index = index.unsqueeze(0).expand(batch, -1)
     if index.dim() != 2 or index.shape[0] != batch or index.shape[1] == 0:
-        raise ConfigError(f"dims must be a non-empty list or a ({batch}, n) index tensor, got shape {tuple(index.shape)}")
+        raise ConfigError(
+            f"dims must be a non-empty list or a ({batch}, n) index tensor, got shape {tuple(index.shape)}"
+        )
     if int(index.min()) < 0 or int(index.max()) >= z_dim:
         raise ConfigError(f"dims must lie in [0, {z_dim}), got {index.unique().tolist()}")
     return index

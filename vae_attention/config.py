@@ -42,7 +42,7 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
         items = value.split(",") if isinstance(value, str) else list(value)
         if len(items) != len(args):
             raise ConfigError(f"{name} needs {len(args)} values, got {value!r}")
-        return tuple(_coerce(name, v, a) for v, a in zip(items, args))
+        return tuple(_coerce(name, v, a) for v, a in zip(items, args, strict=True))
     try:
         if kind is bool:
             if isinstance(value, str):
