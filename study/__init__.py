@@ -1,0 +1,1 @@
+"""The study system: CLI, Ray Tune and MLflow wiring (driver side)."""
