@@ -1,6 +1,85 @@
-"""``python -m study.run <study>``: not wired to Ray Tune yet (the study system is the next piece of work)."""
+"""``python -m study.run <study> [options]``: run, dry-run or resume a hyperparameter sweep.
 
+Everything that can be checked is checked before Ray starts; a user error prints one line and exits 2.
+The exit code is 0 only if every trial finished.
+"""
+
+from __future__ import annotations
+
+import argparse
 import sys
 
+from study import disentangle
+from study.options import check_resume_options, resolve_storage, with_defaults
+from vae_attention.errors import StudyError
+
+STUDIES = {disentangle.KIND: disentangle}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line (the full usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="python -m study.run",
+        description="Hyperparameter sweeps of the VAE-attention study on Ray Tune, one MLflow run per trial. "
+                    "Browse runs with: mlflow ui --backend-store-uri sqlite:///mlflow.db",
+    )
+    subparsers = parser.add_subparsers(dest="study", required=True, metavar="STUDY")
+    for module in STUDIES.values():
+        module.add_parser(subparsers)
+    return parser
+
+
+def sweep_tags(plan) -> dict[str, str]:
+    from study.sweep import git_commit, package_versions
+
+    return {"sweep": plan.name, "study": plan.study, "preset": plan.preset, "git_commit": git_commit(),
+            "data_source": plan.data_source, **package_versions()}
+
+
+def run(args: argparse.Namespace) -> int:
+    from study.sweep import launch, load_plan, sweep_exists
+
+    module = STUDIES[args.handler]
+    if args.resume:
+        check_resume_options(args)
+        resolved = with_defaults(args)
+        default_name = f"{module.KIND}-exp1" if module.KIND == "disentangle" else f"{module.KIND}"
+        plan = load_plan(resolve_storage(resolved.storage), args.name or default_name)
+        plan.address = args.address
+        return launch(plan, module.hooks(), resume=True, sweep_tags={})
+
+    args = with_defaults(args)
+    plan = module.build_plan(args)
+    if args.dry_run:
+        print(module.dry_run(plan))
+        return 0
+    taken = sweep_exists(plan)
+    if taken:
+        raise StudyError(f"sweep {plan.name!r} already exists ({taken}); pass --resume to continue it or "
+                         "--name to start another")
+    plan.data_source = module.resolve_data_source(plan)
+    return launch(plan, module.hooks(), resume=False, sweep_tags=sweep_tags(plan))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except StudyError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit("study.run: the Ray Tune + MLflow study system is not implemented yet; see README 'Status'.")
+    sys.exit(main())

@@ -2,15 +2,19 @@
 
 from vae_attention.training.config import DisentangleConfig
 from vae_attention.training.disentangle import Models, Optimizers, build_models, build_optimizers, train_step
+from vae_attention.training.loop import LoopConfig, load_checkpoint, run_loop
 from vae_attention.training.state import MetricWindow, TrainState
 
 __all__ = [
     "DisentangleConfig",
+    "LoopConfig",
     "MetricWindow",
     "Models",
     "Optimizers",
     "TrainState",
     "build_models",
     "build_optimizers",
+    "load_checkpoint",
+    "run_loop",
     "train_step",
 ]

@@ -22,7 +22,7 @@ MODELS = ("factorvae", "ad_factorvae", "betavae")
 @dataclass(frozen=True)
 class DisentangleConfig:
     model: Literal["factorvae", "ad_factorvae", "betavae"] = "factorvae"
-    gamma: float = 40.0  # weight of the TC estimate (FactorVAE, AD-FactorVAE)
+    gamma: float = 40.0  # weight of the TC estimate (FactorVAE, AD-FactorVAE; 0 allowed for β-VAE)
     lambda_ad: float = 1.0  # weight of L_AD (AD-FactorVAE); L_AD ∈ [0, 1] against ~50–80 nats of ELBO
     beta: float = 4.0  # weight of the KL (β-VAE baseline)
     z_dim: int = 10
@@ -45,7 +45,7 @@ class DisentangleConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.model in MODELS, f"model={self.model!r} is not one of {', '.join(MODELS)}"),
-            (self.gamma > 0, f"gamma must be > 0, got {self.gamma}"),
+            (self.gamma > 0 or (self.model == "betavae" and self.gamma == 0), f"gamma must be > 0, got {self.gamma}"),
             (self.lambda_ad >= 0, f"lambda_ad must be >= 0, got {self.lambda_ad}"),
             (self.beta > 0, f"beta must be > 0, got {self.beta}"),
             (self.z_dim >= 2, f"z_dim must be >= 2 (L_AD compares pairs of dims), got {self.z_dim}"),

@@ -1,0 +1,173 @@
+"""``python -m study.run disentangle``: the disentanglement study's options, plan, dry run and hooks."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from search_spaces.disentangle import STUDIES, config_key, get_study, split_trial
+from study.options import (
+    add_common_options,
+    check_resources,
+    parse_overrides,
+    resolve_data_dir,
+    resolve_storage,
+    resolve_tracking_uri,
+)
+from study.progress import Column
+from study.sweep import CHECKPOINTS_TO_KEEP, StudyHooks, SweepPlan
+from vae_attention.errors import StudyError
+
+KIND = "disentangle"
+# MLflow param names per the naming contract; the full resolved config is in config.json as well.
+COLUMNS = [
+    Column("model", "model", "param", "{}", 12),
+    Column("γ", "gamma", "param", "{:g}", 5),
+    Column("λ", "lambda_ad", "param", "{:g}", 5),
+    Column("β", "beta", "param", "{:g}", 4),
+    Column("seed", "seed", "param", "{}", 4),
+    Column("iteration", "iteration", "metric", "{}", 15),
+    Column("recon", "recon_loss", "metric", "{:.1f}", 8),
+    Column("tc", "tc", "metric", "{:.3f}", 8),
+    Column("metric", "disentanglement", "metric", "{:.3f}", 6),
+    Column("it/s", "iterations_per_s", "metric", "{:.2f}", 6),
+]
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        KIND,
+        help="FactorVAE / AD-FactorVAE / β-VAE on dSprites (Table 1 of the reproducibility report)",
+        description="Sweep FactorVAE, AD-FactorVAE and β-VAE on dSprites with Ray Tune; one MLflow run per trial.",
+    )
+    parser.add_argument("--experiment", choices=list(STUDIES),
+                        help="exp1/exp2/exp3 (Table 1), lambda_scan, betavae, or all (default exp1)")
+    parser.add_argument("--iterations", type=int, help="optimiser iterations per trial (Table 1: 150,000)")
+    parser.add_argument("--eval-every", type=int, help="iterations between metric evaluations (default 10,000)")
+    parser.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default 5,000)")
+    add_common_options(parser)
+    parser.set_defaults(handler=KIND)
+
+
+def build_plan(args: argparse.Namespace) -> SweepPlan:
+    """Resolve and validate everything that can be checked without Ray."""
+    experiment = args.experiment or "exp1"
+    study = get_study(experiment, quick=bool(args.quick))
+    overrides: dict[str, Any] = parse_overrides(args.overrides)
+    for flag, key in (("iterations", "iterations"), ("eval_every", "eval_every"),
+                      ("checkpoint_every", "checkpoint_every")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    data_dir = resolve_data_dir(args.data_dir)
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    trials = study.trials(tuple(args.seeds) if args.seeds else None, overrides)
+    for trial in trials:
+        trial.update(_typed(trial))  # raises ConfigError for unknown keys and bad values
+    check_resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent, args.max_failures)
+    name = args.name or f"{KIND}-{experiment}" + ("-quick" if args.quick else "")
+    return SweepPlan(
+        kind=KIND, study=study.name, name=name, preset="quick" if args.quick else "full",
+        storage=resolve_storage(args.storage), tracking_uri=resolve_tracking_uri(args.tracking_uri),
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        data_source="unresolved", trials=trials, address=args.address,
+    )
+
+
+def resolved_params(trial: dict[str, Any]) -> dict[str, Any]:
+    """Every field of the typed science and loop configs: what a trial really ran with."""
+    science, loop = split_trial(trial)
+    typed = {**dataclasses.asdict(science), **dataclasses.asdict(loop)}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in typed.items()}
+
+
+def _typed(trial: dict[str, Any]) -> dict[str, Any]:
+    """The trial with values coerced to their fields' types (so params log as 40.0, not '40')."""
+    return {k: v for k, v in resolved_params(trial).items() if k in trial}
+
+
+def resolve_data_source(plan: SweepPlan) -> str:
+    """Prepare the packed dSprites cache once on the driver (not in N trials at once) and name the source."""
+    from trainables.disentangle import data_source_of
+    from vae_attention.data import DSprites
+
+    data_dirs = {t.get("data_dir") for t in plan.trials}
+    if len(data_dirs) != 1:
+        raise StudyError("all trials of one sweep must use the same data_dir")
+    dataset = DSprites(data_dirs.pop())
+    print(dataset.describe())
+    return data_source_of(dataset)
+
+
+def checkpoint_megabytes(trial: dict[str, Any]) -> float:
+    """Size of one checkpoint: weights + Adam's two moments (float32) of the VAE and discriminator."""
+    from vae_attention.training import build_models
+
+    science, _ = split_trial(trial)
+    params = sum(p.numel() for model in build_models(science) if model is not None for p in model.parameters())
+    return params * 4 * 3 / 1e6
+
+
+def metric_images(trial: dict[str, Any]) -> int:
+    """Images drawn by the evaluations of one trial (both metric variants, every eval and the final one)."""
+    _, loop = split_trial(trial)
+    evals = loop.iterations // loop.eval_every + (loop.iterations % loop.eval_every != 0)
+    dlib = loop.metric_num_variance + (loop.metric_num_train + loop.metric_num_eval) * loop.metric_batch_size
+    seed = loop.seed_metric_votes * loop.seed_metric_batch_size
+    return evals * (dlib + seed)
+
+
+def dry_run(plan: SweepPlan) -> str:
+    keys = ["model", "gamma", "lambda_ad", "beta", "seed", "iterations", "eval_every", "checkpoint_every"]
+    widths = [12, 6, 9, 5, 4, 10, 10, 16]
+    lines = [f"sweep {plan.name!r} ({plan.study}, preset {plan.preset}): {len(plan.trials)} trials",
+             "  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True)) + "  config_key"]
+    for trial in plan.trials:
+        cells = [f"{trial[k]:g}" if isinstance(trial[k], float) else str(trial[k]) for k in keys]
+        lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)) + "  " + config_key(trial))
+    disk = sum(checkpoint_megabytes(t) * CHECKPOINTS_TO_KEEP for t in plan.trials)
+    images = sum(metric_images(t) for t in plan.trials)
+    lines.append(f"checkpoint disk ≈ {disk / 1e3:.2f} GB ({CHECKPOINTS_TO_KEEP} kept per trial) at {plan.storage}")
+    lines.append(f"metric cost ≈ {images / 1e6:.1f} M images drawn in evaluations (≈ half encoded after caching)")
+    lines.append(f"resources: {plan.cpus_per_trial:g} CPU, {plan.gpus_per_trial:g} GPU per trial; "
+                 f"max concurrent {plan.max_concurrent or 'unlimited'}")
+    return "\n".join(lines)
+
+
+def trial_name(trial) -> str:
+    p = trial.config["params"]
+    if p["model"] == "betavae":
+        label = f"betavae_b{p['beta']:g}"
+    elif p["model"] == "ad_factorvae":
+        label = f"adfvae_g{p['gamma']:g}_l{p['lambda_ad']:g}"
+    else:
+        label = f"fvae_g{p['gamma']:g}"
+    return f"{label}_s{p['seed']}_{trial.trial_id}"
+
+
+def run_name(params: dict, trial_id: str) -> str:
+    class _Trial:  # trial_name needs only config and trial_id
+        config = {"params": params}
+
+    _Trial.trial_id = trial_id
+    return trial_name(_Trial)
+
+
+def trial_tags(params: dict) -> dict[str, str]:
+    return {"config_key": config_key(params)}
+
+
+HOOKS = StudyHooks(
+    trainable=None, trial_name=trial_name, trial_tags=trial_tags, run_name=run_name,
+    resolved_params=resolved_params, columns=COLUMNS,
+    total_key="iterations",
+)
+
+
+def hooks() -> StudyHooks:
+    from trainables.disentangle import disentangle_trainable
+
+    return StudyHooks(**{**HOOKS.__dict__, "trainable": disentangle_trainable})
+

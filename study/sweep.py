@@ -1,0 +1,210 @@
+"""Start, resume and summarise a sweep: the Ray and MLflow wiring shared by every study.
+
+A ``SweepPlan`` is everything resolved and validated before Ray starts. It is saved as ``sweep.json``
+beside Ray's experiment state, so ``--resume`` can rebuild the trainable with the same resources (Ray's
+``Tuner.restore`` needs the trainable again; the run config and callbacks come back from Ray's snapshot).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+
+from vae_attention.errors import StudyError
+
+SWEEP_FILE = "sweep.json"
+CHECKPOINTS_TO_KEEP = 2  # a FactorVAE checkpoint with Adam state is ~66 MB; 50 trials × all would fill a disk
+
+
+@dataclass
+class SweepPlan:
+    kind: str  # "disentangle" | "anomaly"
+    study: str
+    name: str
+    preset: str
+    storage: str
+    tracking_uri: str
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int
+    max_failures: int
+    data_source: str
+    trials: list[dict[str, Any]]
+    address: str | None = None
+
+    @property
+    def path(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    @property
+    def resources(self) -> dict[str, float]:
+        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+
+
+def _fs(path: str):
+    return pyarrow.fs.FileSystem.from_uri(path)
+
+
+def save_plan(plan: SweepPlan) -> None:
+    fs, root = _fs(plan.path)
+    fs.create_dir(root, recursive=True)
+    data = dataclasses.asdict(plan)
+    data.pop("address")
+    tmp = f"{root}/{SWEEP_FILE}.tmp"
+    with fs.open_output_stream(tmp) as out:
+        out.write(json.dumps(data, indent=1, sort_keys=True).encode())
+    fs.move(tmp, f"{root}/{SWEEP_FILE}")
+
+
+def load_plan(storage: str, name: str) -> SweepPlan:
+    path = f"{storage.rstrip('/')}/{name}"
+    fs, root = _fs(path)
+    try:
+        with fs.open_input_stream(f"{root}/{SWEEP_FILE}") as stream:
+            data = json.loads(stream.read())
+    except (FileNotFoundError, OSError):
+        raise StudyError(f"nothing to resume: {path} has no {SWEEP_FILE} (was the sweep started here?)") from None
+    return SweepPlan(**data)
+
+
+def sweep_exists(plan: SweepPlan) -> str | None:
+    """Why ``plan.name`` is taken (Ray state in storage, or trial runs in MLflow), or None."""
+    from ray import tune
+
+    from study.tracking import find_trial_runs
+
+    if tune.Tuner.can_restore(plan.path):
+        return f"{plan.path} holds its Ray state"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(plan.tracking_uri)
+    experiment = client.get_experiment_by_name(plan.name)
+    if experiment is not None and find_trial_runs(client, experiment.experiment_id):
+        return f"MLflow experiment {plan.name!r} at {plan.tracking_uri} has trial runs"
+    return None
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    import mlflow
+    import numpy
+    import ray
+    import torch
+
+    return {"torch_version": torch.__version__, "ray_version": ray.__version__, "mlflow_version": mlflow.__version__,
+            "numpy_version": numpy.__version__, "python_version": sys.version.split()[0]}
+
+
+def connect_ray(address: str | None) -> None:
+    """Join ``address``, else the running cluster (e.g. after ``ray up``), else start a local instance."""
+    import logging
+
+    import ray
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    quiet = dict(logging_level=logging.WARNING, log_to_driver=False)
+    if address:
+        ray.init(address=address, **quiet)
+        print(f"joined Ray cluster at {address}")
+        return
+    try:
+        ray.init(address="auto", **quiet)
+        print("joined the running Ray cluster")
+    except ConnectionError:
+        ray.init(include_dashboard=False, **quiet)
+        print(f"started a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
+
+
+@dataclass(frozen=True)
+class StudyHooks:
+    """What a study contributes to the shared sweep machinery (module-level callables: Tune pickles them)."""
+
+    trainable: Callable
+    trial_name: Callable[[Any], str]
+    trial_tags: Callable[[dict], dict]
+    run_name: Callable[[dict, str], str]
+    resolved_params: Callable[[dict], dict]
+    columns: list
+    total_key: str
+
+
+def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict[str, str]) -> int:
+    """Run (or resume) the sweep; returns the exit code: 0 only if every trial finished."""
+    from ray import tune
+
+    from study.progress import ProgressTable
+    from study.tracking import MLflowTrialLogger
+    from trainables.common import PARAMS_KEY
+
+    connect_ray(plan.address)
+    trainable = tune.with_resources(hooks.trainable, plan.resources)
+    if resume:
+        print(f"resuming sweep {plan.name!r} from {plan.path}")
+        tuner = tune.Tuner.restore(plan.path, trainable=trainable, resume_errored=True)
+    else:
+        save_plan(plan)
+        callbacks = [
+            MLflowTrialLogger(plan.tracking_uri, plan.name, sweep_tags, hooks.trial_tags, hooks.run_name,
+                              hooks.resolved_params),
+            ProgressTable(hooks.columns, hooks.total_key),
+        ]
+        tuner = tune.Tuner(
+            trainable,
+            param_space={PARAMS_KEY: tune.grid_search(plan.trials)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=plan.max_concurrent or None,
+                trial_name_creator=hooks.trial_name,
+                trial_dirname_creator=hooks.trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=plan.name,
+                storage_path=plan.storage,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
+                failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+                callbacks=callbacks,
+                verbose=0,
+            ),
+        )
+    print(f"sweep {plan.name!r}: {len(plan.trials)} trials; MLflow: {plan.tracking_uri}; Ray state: {plan.path}")
+    results = tuner.fit()
+    return summarise(results, hooks.total_key)
+
+
+def summarise(results, total_key: str) -> int:
+    from trainables.common import PARAMS_KEY
+
+    failed, unfinished, finished = [], [], 0
+    for result in results:
+        params = (result.config or {}).get(PARAMS_KEY, {})
+        reached = (result.metrics or {}).get("iteration")
+        label = (result.metrics or {}).get("trial_id", "?")
+        if result.error is not None:
+            message = str(result.error).strip().splitlines()
+            failed.append(f"{label}: {message[-1] if message else type(result.error).__name__}")
+        elif reached != params.get(total_key):
+            unfinished.append(f"{label}: iteration {reached} of {params.get(total_key)}")
+        else:
+            finished += 1
+    print(f"{finished} of {len(results)} trials finished")
+    for line in failed:
+        print(f"FAILED {line}")
+    for line in unfinished:
+        print(f"UNFINISHED {line}")
+    return 0 if finished == len(results) else 1

@@ -1,0 +1,179 @@
+"""Driver-side MLflow bookkeeping: exactly one MLflow run per Tune trial for the trial's whole life.
+
+Ray's stock ``MLflowLoggerCallback`` creates a second run when a sweep is restored. Here runs are keyed by
+a ``trial_id`` tag and found again after a restore or a retry; metric steps are optimiser iterations (or
+epochs), and reports at or below the run's last logged step are skipped, so every metric history is
+strictly increasing (a resumed trial replays the same values, because resume is bit-identical).
+
+One writer: only the driver talks to the tracking store (SQLite allows one writer). The client is made
+lazily in ``setup()`` and dropped when pickled, so the callback survives Tune's experiment snapshots.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from trainables.common import PARAMS_KEY
+
+# Everything Tune adds to a result, plus what is not a metric of ours.
+_NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
+STEP_KEY = "iteration"
+# Strings a trainable reports that become run tags (first value wins).
+RESULT_TAGS = ("device", "data_source", "node_id")
+# MLflow's log_batch limits: 1000 metrics, 100 params, 100 tags per call.
+_PARAM_BATCH = 100
+
+
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name)
+
+
+def find_trial_runs(client: MlflowClient, experiment_id: str, trial_id: str | None = None) -> list:
+    """Runs tagged ``run_kind=trial`` (and ``trial_id`` when given) in an experiment."""
+    query = "tags.run_kind = 'trial'"
+    if trial_id is not None:
+        query += f" and tags.trial_id = '{trial_id}'"
+    return client.search_runs([experiment_id], filter_string=query, max_results=5000)
+
+
+def _metric_values(result: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if k not in _NOT_METRICS and k != STEP_KEY and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+class MLflowTrialLogger(Callback):
+    """One MLflow run per trial: params once, tags, batched metrics by iteration, figures and weights.
+
+    ``sweep_tags`` go on every run (sweep, study, preset, git_commit, versions, …); ``trial_tags(params)``
+    adds per-trial tags (config_key); ``resolved_params(params)`` is the full typed config that is logged
+    as params and as ``config.json``. All three are module-level functions (the callback is pickled).
+    """
+
+    def __init__(self, tracking_uri: str, experiment_name: str, sweep_tags: dict[str, str], trial_tags, run_name,
+                 resolved_params):
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.sweep_tags = dict(sweep_tags)
+        self.trial_tags = trial_tags
+        self.run_name = run_name
+        self.resolved_params = resolved_params
+        self._reset()
+
+    def _reset(self) -> None:
+        self._client: MlflowClient | None = None
+        self._experiment_id: str | None = None
+        self._run_ids: dict[str, str] = {}
+        self._last_step: dict[str, int] = {}
+        self._tagged: dict[str, set[str]] = {}
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for key in ("_client", "_experiment_id", "_run_ids", "_last_step", "_tagged"):
+            state.pop(key)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset()
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+            self._experiment_id = get_or_create_experiment(self._client, self.experiment_name)
+        return self._client
+
+    def setup(self, **info) -> None:
+        _ = self.client
+
+    # -- run lookup ------------------------------------------------------------------------------------------
+    def run_id(self, trial) -> str:
+        trial_id = trial.trial_id
+        if trial_id in self._run_ids:
+            return self._run_ids[trial_id]
+        client = self.client
+        existing = find_trial_runs(client, self._experiment_id, trial_id)
+        if existing:
+            run_id = existing[0].info.run_id
+            history = client.get_metric_history(run_id, "recon_loss") or client.get_metric_history(run_id, "loss")
+            self._last_step[trial_id] = max((m.step for m in history), default=-1)
+            if existing[0].info.status != "RUNNING":
+                client.update_run(run_id, status="RUNNING")
+        else:
+            params = trial.config[PARAMS_KEY]
+            tags = {**self.sweep_tags, **self.trial_tags(params), "trial_id": trial_id, "run_kind": "trial"}
+            run = client.create_run(self._experiment_id, tags=tags, run_name=self.run_name(params, trial_id))
+            run_id = run.info.run_id
+            resolved = self.resolved_params(params)
+            items = [Param(k, str(v)) for k, v in sorted(resolved.items())]
+            for start in range(0, len(items), _PARAM_BATCH):
+                client.log_batch(run_id, params=items[start : start + _PARAM_BATCH])
+            client.log_dict(run_id, resolved, "config.json")
+            self._last_step[trial_id] = -1
+        self._run_ids[trial_id] = run_id
+        self._tagged.setdefault(trial_id, set())
+        return run_id
+
+    # -- Tune hooks ------------------------------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        run_id = self.run_id(trial)
+        tags = [RunTag(k, str(result[k])) for k in RESULT_TAGS
+                if k in result and k not in self._tagged[trial.trial_id]]
+        if tags:
+            self._tagged[trial.trial_id].update(t.key for t in tags)
+        step = int(result.get(STEP_KEY, result.get("training_iteration", 0)))
+        metrics = []
+        if step > self._last_step[trial.trial_id]:
+            now = int(time.time() * 1000)
+            metrics = [Metric(k, v, now, step) for k, v in sorted(_metric_values(result).items())]
+            self._last_step[trial.trial_id] = step
+        if metrics or tags:
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        run_id = self.run_id(trial)
+        with checkpoint.as_directory() as directory:
+            directory = Path(directory)
+            figures = directory / "figures"
+            if figures.is_dir():
+                for png in sorted(figures.glob("*.png")):
+                    self.client.log_artifact(run_id, str(png), "figures")
+            weights = directory / "vae.pt"
+            if weights.is_file():
+                self.client.log_artifact(run_id, str(weights), "model")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.client.set_terminated(self.run_id(trial), "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        run_id = self.run_id(trial)
+        reason = _error_line(trial)
+        self.client.set_tag(run_id, "error", reason[:5000])
+        self.client.set_terminated(run_id, "FAILED")
+
+
+def _error_line(trial) -> str:
+    """The last line of the trial's error file (the exception message), else a generic reason."""
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+        return lines[-1] if lines else "trial errored"
+    except OSError:
+        return "trial errored"
+

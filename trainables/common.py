@@ -1,0 +1,46 @@
+"""What every function trainable shares: threads/device from the trial's resources, Tune reporting."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+# The trial's whole (flat) config sits under this key of Ray's config dict, as one grid_search value.
+PARAMS_KEY = "params"
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    return dict(config[PARAMS_KEY])
+
+
+def configure_torch_for_trial() -> torch.device:
+    """Torch threads = the trial's CPUs; CUDA when Ray gave the trial a GPU (it sets CUDA_VISIBLE_DEVICES)."""
+    resources = tune.get_context().get_trial_resources().required_resources
+    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
+    if resources.get("GPU", 0) > 0 and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def tune_report(metrics: dict[str, Any], write_checkpoint) -> None:
+    """``tune.report``; with a writer, the files go into a temp dir that Tune persists to storage."""
+    if write_checkpoint is None:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="checkpoint-") as directory:
+        write_checkpoint(Path(directory))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def restore_dir(load) -> bool:
+    """Call ``load(directory)`` with Tune's checkpoint of this trial, if any; True when one was loaded."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return False
+    with checkpoint.as_directory() as directory:
+        load(Path(directory))
+    return True

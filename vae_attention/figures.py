@@ -1,0 +1,57 @@
+"""Attention overlays as PNG figures (matplotlib, Agg: no display needed on cluster nodes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def _normalise(m: np.ndarray) -> np.ndarray:
+    """Scale one map to [0, 1] for display (maps' raw magnitudes vary by orders across training)."""
+    span = float(m.max() - m.min())
+    return (m - m.min()) / span if span > 0 else np.zeros_like(m)
+
+
+def attention_overlay_figure(
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    dims: torch.Tensor,
+    title: str = "",
+    path: str | Path | None = None,
+):
+    """Input row, then one row per selected map (the image in grey, the map in jet at 50 % on top).
+
+    ``images`` (n, C, H, W) in [0, 1]; ``maps`` (n, k, H, W); ``dims`` (n, k) the latent dims the maps
+    belong to, used as panel titles. Writes a PNG to ``path`` when given and returns the Figure.
+    """
+    images, maps, dims = images.detach().cpu(), maps.detach().cpu(), dims.detach().cpu()
+    n, k = maps.shape[:2]
+    fig, axes = plt.subplots(k + 1, n, figsize=(1.6 * n, 1.6 * (k + 1)), squeeze=False)
+    for col in range(n):
+        img = images[col].permute(1, 2, 0).numpy()
+        img = img[..., 0] if img.shape[-1] == 1 else img
+        axes[0, col].imshow(img, cmap="gray", vmin=0, vmax=1)
+        for row in range(k):
+            ax = axes[row + 1, col]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            ax.imshow(_normalise(maps[col, row].numpy()), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            ax.set_title(f"z{int(dims[col, row])}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].set_ylabel("input", fontsize=8)
+    for row in range(k):
+        axes[row + 1, 0].set_ylabel(f"#{row + 1} response", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    return fig
