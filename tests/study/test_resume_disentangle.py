@@ -1,0 +1,92 @@
+"""Kill a running sweep's driver with SIGKILL, `--resume` it, and check nothing was lost or duplicated."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from conftest import TINY_SWEEP, cli_env, run_cli
+from mlflow import MlflowClient
+
+from search_spaces.disentangle import split_trial
+from vae_attention.data import DSprites
+from vae_attention.training import TrainState
+
+ITERATIONS = 150
+
+
+def _wait_for_checkpoint_in_state(experiment_dir, proc, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        for state in experiment_dir.glob("experiment_state-*.json"):
+            try:
+                if "checkpoint_0000" in state.read_text():
+                    return
+            except OSError:
+                pass
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared in the experiment state")
+
+
+def _uninterrupted_weights(params):
+    """The same trial run straight through in this process: the oracle for bit-identical resume."""
+    science, _ = split_trial(params)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the trial ran with 1 CPU = 1 torch thread; sums depend on the thread count
+    try:
+        state = TrainState(science, DSprites(science.data_dir), device="cpu")
+        while state.iteration < ITERATIONS:
+            state.step()
+    finally:
+        torch.set_num_threads(threads)
+    return state.models.vae.state_dict()
+
+
+def test_sigkilled_sweep_resumes_to_the_same_result(ray_address, tmp_path):
+    name, storage = "resume-test", tmp_path / "ray_results"
+    args = ["disentangle", "--quick", "--iterations", ITERATIONS, *TINY_SWEEP, "--set", f"eval_every={ITERATIONS}",
+            "--address", ray_address, "--storage", storage, "--name", name]
+    driver = subprocess.Popen([sys.executable, "-m", "study.run", *map(str, args)], cwd=tmp_path, env=cli_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for_checkpoint_in_state(storage / name, driver)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name)
+    interrupted = client.search_runs([experiment.experiment_id])
+    last_steps = [max((m.step for m in client.get_metric_history(r.info.run_id, "recon_loss")), default=0)
+                  for r in interrupted]
+    assert min(last_steps) < ITERATIONS, last_steps  # the kill really cut a trial short
+    assert any(r.info.status == "RUNNING" for r in interrupted)
+
+    resumed = run_cli(["disentangle", "--resume", "--name", name, "--storage", storage, "--address", ray_address],
+                      cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "2 of 2 trials finished" in resumed.stdout
+
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2  # exactly one run per trial across the kill and the resume
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["run_kind"] == "trial"
+        for key in ("recon_loss", "tc"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert steps == list(range(5, ITERATIONS + 1, 5)), (key, steps)
+        local = client.download_artifacts(run.info.run_id, "model/vae.pt", str(tmp_path))
+        logged = torch.load(local, weights_only=True)
+        expected = _uninterrupted_weights(_logged_config(client, run, tmp_path))
+        assert logged.keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.equal(logged[key], value), key
+
+
+def _logged_config(client, run, tmp_path):
+    path = client.download_artifacts(run.info.run_id, "config.json", str(tmp_path / run.info.run_id))
+    return json.loads(open(path).read())
