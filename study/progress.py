@@ -1,8 +1,8 @@
 """A compact live table of trials, printed by a Tune callback of ours.
 
-Ray 2.x's default output engine ignores a passed ``ProgressReporter`` (with ``RAY_AIR_NEW_OUTPUT`` unset),
-so ``RunConfig(verbose=0)`` silences Ray and this callback prints at most every ``interval_s`` seconds
-and whenever a trial ends.
+Ray 2.x's new output engine (the default) does not print the table of a passed ``ProgressReporter``, so
+``RunConfig(verbose=0)`` silences Ray's own progress and this callback prints at most every ``interval_s``
+seconds, whenever a trial ends, and once at the end.
 """
 
 from __future__ import annotations
