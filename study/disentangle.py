@@ -162,7 +162,7 @@ def trial_tags(params: dict) -> dict[str, str]:
 HOOKS = StudyHooks(
     trainable=None, trial_name=trial_name, trial_tags=trial_tags, run_name=run_name,
     resolved_params=resolved_params, columns=COLUMNS,
-    total_key="iterations",
+    total_key="iterations", step_key="iteration",
 )
 
 

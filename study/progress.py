@@ -41,9 +41,10 @@ def format_table(rows: list[dict[str, Any]], columns: list[Column]) -> str:
 
 
 class ProgressTable(Callback):
-    def __init__(self, columns: list[Column], total_key: str, interval_s: float = 30.0, stream=None):
+    def __init__(self, columns: list[Column], total_key: str, step_key: str, interval_s: float = 30.0, stream=None):
         self.columns = columns
         self.total_key = total_key
+        self.step_key = step_key
         self.interval_s = interval_s
         self.stream = stream
         self._latest: dict[str, dict[str, Any]] = {}
@@ -63,8 +64,8 @@ class ProgressTable(Callback):
         row = {"trial": str(trial), "status": self._ended.get(trial.trial_id, trial.status)}
         for c in self.columns:
             row[c.key] = params.get(c.key) if c.source == "param" else result.get(c.key)
-        step, total = result.get("iteration"), params.get(self.total_key)
-        row["iteration"] = f"{step or 0}/{total}"
+        step, total = result.get(self.step_key), params.get(self.total_key)
+        row[self.step_key] = f"{step or 0}/{total}"
         return row
 
     def _print(self, trials, force: bool = False) -> None:

@@ -142,7 +142,8 @@ class StudyHooks:
     run_name: Callable[[dict, str], str]
     resolved_params: Callable[[dict], dict]
     columns: list
-    total_key: str
+    total_key: str  # "iterations" | "epochs": the trial param that says when it is done
+    step_key: str  # "iteration" | "epoch": the progress field of every report = the MLflow step
 
 
 def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict[str, str]) -> int:
@@ -162,8 +163,8 @@ def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict
         save_plan(plan)
         callbacks = [
             MLflowTrialLogger(plan.tracking_uri, plan.name, sweep_tags, hooks.trial_tags, hooks.run_name,
-                              hooks.resolved_params),
-            ProgressTable(hooks.columns, hooks.total_key),
+                              hooks.resolved_params, hooks.step_key),
+            ProgressTable(hooks.columns, hooks.total_key, hooks.step_key),
         ]
         tuner = tune.Tuner(
             trainable,
@@ -184,22 +185,22 @@ def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict
         )
     print(f"sweep {plan.name!r}: {len(plan.trials)} trials; MLflow: {plan.tracking_uri}; Ray state: {plan.path}")
     results = tuner.fit()
-    return summarise(results, hooks.total_key)
+    return summarise(results, hooks.total_key, hooks.step_key)
 
 
-def summarise(results, total_key: str) -> int:
+def summarise(results, total_key: str, step_key: str) -> int:
     from trainables.common import PARAMS_KEY
 
     failed, unfinished, finished = [], [], 0
     for result in results:
         params = (result.config or {}).get(PARAMS_KEY, {})
-        reached = (result.metrics or {}).get("iteration")
+        reached = (result.metrics or {}).get(step_key)
         label = (result.metrics or {}).get("trial_id", "?")
         if result.error is not None:
             message = str(result.error).strip().splitlines()
             failed.append(f"{label}: {message[-1] if message else type(result.error).__name__}")
         elif reached != params.get(total_key):
-            unfinished.append(f"{label}: iteration {reached} of {params.get(total_key)}")
+            unfinished.append(f"{label}: {step_key} {reached} of {params.get(total_key)}")
         else:
             finished += 1
     print(f"{finished} of {len(results)} trials finished")

@@ -24,7 +24,6 @@ from trainables.common import PARAMS_KEY
 
 # Everything Tune adds to a result, plus what is not a metric of ours.
 _NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
-STEP_KEY = "iteration"
 # Strings a trainable reports that become run tags (first value wins).
 RESULT_TAGS = ("device", "data_source", "node_id")
 # MLflow's log_batch limits: 1000 metrics, 100 params, 100 tags per call.
@@ -46,11 +45,11 @@ def find_trial_runs(client: MlflowClient, experiment_id: str, trial_id: str | No
     return client.search_runs([experiment_id], filter_string=query, max_results=5000)
 
 
-def _metric_values(result: dict[str, Any]) -> dict[str, float]:
+def _metric_values(result: dict[str, Any], step_key: str) -> dict[str, float]:
     return {
         k: float(v)
         for k, v in result.items()
-        if k not in _NOT_METRICS and k != STEP_KEY and isinstance(v, (int, float)) and not isinstance(v, bool)
+        if k not in _NOT_METRICS and k != step_key and isinstance(v, (int, float)) and not isinstance(v, bool)
     }
 
 
@@ -63,7 +62,8 @@ class MLflowTrialLogger(Callback):
     """
 
     def __init__(self, tracking_uri: str, experiment_name: str, sweep_tags: dict[str, str], trial_tags, run_name,
-                 resolved_params):
+                 resolved_params, step_key: str = "iteration"):
+        self.step_key = step_key  # "iteration" or "epoch": the MLflow step of every metric
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.sweep_tags = dict(sweep_tags)
@@ -108,7 +108,8 @@ class MLflowTrialLogger(Callback):
         existing = find_trial_runs(client, self._experiment_id, trial_id)
         if existing:
             run_id = existing[0].info.run_id
-            history = client.get_metric_history(run_id, "recon_loss") or client.get_metric_history(run_id, "loss")
+            # the loop logs "<step_key>s_per_s" on every report, so its history holds every step logged
+            history = client.get_metric_history(run_id, f"{self.step_key}s_per_s")
             self._last_step[trial_id] = max((m.step for m in history), default=-1)
             if existing[0].info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
@@ -137,11 +138,11 @@ class MLflowTrialLogger(Callback):
                 if k in result and k not in self._tagged[trial.trial_id]]
         if tags:
             self._tagged[trial.trial_id].update(t.key for t in tags)
-        step = int(result.get(STEP_KEY, result.get("training_iteration", 0)))
+        step = int(result.get(self.step_key, result.get("training_iteration", 0)))
         metrics = []
         if step > self._last_step[trial.trial_id]:
             now = int(time.time() * 1000)
-            metrics = [Metric(k, v, now, step) for k, v in sorted(_metric_values(result).items())]
+            metrics = [Metric(k, v, now, step) for k, v in sorted(_metric_values(result, self.step_key).items())]
             self._last_step[trial.trial_id] = step
         if metrics or tags:
             self.client.log_batch(run_id, metrics=metrics, tags=tags)

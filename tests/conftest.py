@@ -138,3 +138,173 @@ def quick_sweep(ray_address, dsprites_npz, tmp_path_factory):
                     "--address", ray_address, "--storage", workdir / "ray_results", "--name", name], cwd=workdir)
     return {"proc": proc, "workdir": workdir, "name": name, "storage": workdir / "ray_results",
             "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}", "data_dir": dsprites_npz}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Anomaly-detection data sets: MNIST IDX files, MVTec AD and UCSD Ped1 folders in their official layouts
+# ----------------------------------------------------------------------------------------------------
+
+MNIST_TINY_COUNTS = {"train": 30, "t10k": 20}  # images per official split prefix; every digit 3x / 2x
+
+
+def tiny_mnist_arrays(seed=0):
+    """{'train'|'t10k': (images uint8 (N, 28, 28), labels uint8 (N,))}, each digit equally often, shuffled."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for prefix, n in MNIST_TINY_COUNTS.items():
+        labels = rng.permutation(np.arange(n) % 10).astype(np.uint8)
+        arrays[prefix] = (rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8), labels)
+    return arrays
+
+
+def write_mnist_raw(root, arrays, gz=True, prefixes=("train", "t10k")):
+    """Write ``arrays`` as big-endian IDX files (magic 2051 images / 2049 labels) under ``<root>/MNIST/raw``.
+
+    ``gz=True`` writes ``<name>.gz`` as the MNIST mirrors serve them, else the plain files.
+    """
+    import gzip
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix in prefixes:
+        images, labels = arrays[prefix]
+        for name, magic, arr in ((f"{prefix}-images-idx3-ubyte", 2051, images),
+                                 (f"{prefix}-labels-idx1-ubyte", 2049, labels)):
+            header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+            payload = header + np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
+            if gz:
+                (raw / f"{name}.gz").write_bytes(gzip.compress(payload, mtime=0))
+            else:
+                (raw / name).write_bytes(payload)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_arrays():
+    return tiny_mnist_arrays()
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory, mnist_arrays):
+    """A root with 30 train + 20 test random 28x28 images as gzipped IDX files in ``MNIST/raw``."""
+    return write_mnist_raw(tmp_path_factory.mktemp("mnist"), mnist_arrays, gz=True)
+
+
+@pytest.fixture
+def make_mnist_raw():
+    """The IDX writer itself, for plain (ungzipped), partial or malformed variants."""
+    return write_mnist_raw
+
+
+MVTEC_TINY_SIDE = 32  # px; real images are 700-1024 px
+
+
+def write_mvtec_category(root, category, mode="RGB", n_train=4, n_good=2, defects=(("broken_large", 2),),
+                         seed=0, side=MVTEC_TINY_SIDE):
+    """One category in the official MVTec AD layout: random PNGs, masks ``<name>_mask.png`` of 0/255 blocks.
+
+    Returns {relative image path: (pixels uint8, mask uint8 0/255 or None)} for comparisons. Hidden junk
+    (``.DS_Store``, an AppleDouble ``._000.png``) is added as the real archives have it.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    shape = (side, side, 3) if mode == "RGB" else (side, side)
+    base = root / category
+    written = {}
+
+    def image(folder, i):
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+        return pixels
+
+    for i in range(n_train):
+        written[f"train/good/{i:03d}.png"] = (image(base / "train" / "good", i), None)
+    (base / "train" / "good").mkdir(parents=True, exist_ok=True)
+    (base / "train" / "good" / "._000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble junk")
+    for i in range(n_good):
+        written[f"test/good/{i:03d}.png"] = (image(base / "test" / "good", i), None)
+    for defect, n in defects:
+        masks = base / "ground_truth" / defect
+        masks.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = image(base / "test" / defect, i)
+            mask = np.zeros((side, side), dtype=np.uint8)
+            top, left = rng.integers(0, side // 2, size=2)
+            mask[top: top + 1 + side // 3, left: left + 1 + side // 4] = 255
+            Image.fromarray(mask).save(masks / f"{i:03d}_mask.png")
+            written[f"test/{defect}/{i:03d}.png"] = (pixels, mask)
+    (base / "test" / ".DS_Store").write_bytes(b"junk")
+    return written
+
+
+@pytest.fixture(scope="session")
+def mvtec_root(tmp_path_factory):
+    """Root with 'bottle' (RGB: 4 train, 2 test good, 2 broken_large) and 'grid' (grayscale, L-mode PNGs).
+
+    ``mvtec_root.files[category]`` maps relative image paths to (pixels, mask) as written.
+    """
+    root = tmp_path_factory.mktemp("mvtec")
+    files = {
+        "bottle": write_mvtec_category(root, "bottle", "RGB", seed=1),
+        "grid": write_mvtec_category(root, "grid", "L", n_train=2, n_good=1, defects=(("bent", 1),), seed=2),
+    }
+    return root, files
+
+
+@pytest.fixture
+def make_mvtec_category():
+    return write_mvtec_category
+
+
+UCSD_FRAME_WH = (238, 158)  # width, height in px, as the official Ped1 TIFFs
+
+
+def write_ucsd_ped1(root, train=(("Train001", 3),), test=(("Test001", 3), ("Test002", 2)),
+                    gt=(("Test001", 3),), seed=0):
+    """UCSD Ped1 in its official layout: ``<root>/UCSD_Anomaly_Dataset.v1p2/UCSDped1/{Train,Test}/...``.
+
+    Frames are random grayscale TIFFs (238 x 158), masks 0/255 BMPs with one bright block. Returns
+    {'<split dir>/<clip>/<file>': uint8 array} of everything written. An AppleDouble ``._Test001`` file in
+    Test/ and ``._001.tif`` in each clip imitate the junk in the real archive.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    width, height = UCSD_FRAME_WH
+    base = root / "UCSD_Anomaly_Dataset.v1p2" / "UCSDped1"
+    written = {}
+    for split_dir, clips, suffix in (("Train", train, ".tif"), ("Test", test, ".tif"), ("Test", gt, ".bmp")):
+        for clip, n in clips:
+            folder = base / split_dir / (f"{clip}_gt" if suffix == ".bmp" else clip)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(1, n + 1):
+                if suffix == ".bmp":
+                    arr = np.zeros((height, width), dtype=np.uint8)
+                    top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
+                    arr[top: top + 40, left: left + 25] = 255
+                else:
+                    arr = rng.integers(0, 256, size=(height, width), dtype=np.uint8)
+                Image.fromarray(arr).save(folder / f"{i:03d}{suffix}")
+                written[f"{split_dir}/{folder.name}/{i:03d}{suffix}"] = arr
+            if suffix == ".tif":
+                (folder / "._001.tif").write_bytes(b"\x00\x05\x16\x07 AppleDouble junk")
+    (base / "Test").mkdir(parents=True, exist_ok=True)
+    (base / "Test" / "._Test001").write_bytes(b"\x00\x05\x16\x07 AppleDouble junk")
+    return written
+
+
+@pytest.fixture(scope="session")
+def ucsd_root(tmp_path_factory):
+    """Root holding Train001 (3 frames), Test001 (3 frames + Test001_gt, 3 masks) and Test002 (2, no gt).
+
+    Returns (root, {relative path: pixels}).
+    """
+    root = tmp_path_factory.mktemp("ucsd")
+    return root, write_ucsd_ped1(root)
+
+
+@pytest.fixture
+def make_ucsd_ped1():
+    return write_ucsd_ped1

@@ -9,15 +9,15 @@ from typing import Any
 from search_spaces.disentangle import split_trial
 from trainables.common import configure_torch_for_trial, restore_dir, trial_params, tune_report
 from vae_attention.data import DSprites
-from vae_attention.training import TrainState, load_checkpoint, run_loop
+from vae_attention.training import DisentangleTrainee, TrainState, load_checkpoint, run_loop
 
 
 def disentangle_trainable(config: dict[str, Any]) -> None:
     science, loop = split_trial(trial_params(config))
     device = configure_torch_for_trial()
     dataset = DSprites(science.data_dir)
-    state = TrainState(science, dataset, device=device)
-    restore_dir(lambda directory: load_checkpoint(state, directory))
+    trainee = DisentangleTrainee(TrainState(science, dataset, device=device), loop)
+    restore_dir(lambda directory: load_checkpoint(trainee, directory))
     context = {"device": str(device), "data_source": data_source_of(dataset)}
 
     def report(metrics, write):
@@ -25,7 +25,7 @@ def disentangle_trainable(config: dict[str, Any]) -> None:
         tune_report({**metrics, **context}, write)
 
     with tempfile.TemporaryDirectory(prefix="figures-") as scratch:
-        run_loop(state, loop, report, Path(scratch))
+        run_loop(trainee, loop, report, Path(scratch))
 
 
 def data_source_of(dataset: DSprites) -> str:

@@ -2,11 +2,13 @@
 
 from vae_attention.training.config import DisentangleConfig
 from vae_attention.training.disentangle import Models, Optimizers, build_models, build_optimizers, train_step
-from vae_attention.training.loop import LoopConfig, load_checkpoint, run_loop
+from vae_attention.training.disentangle_run import DisentangleTrainee, LoopConfig
+from vae_attention.training.loop import check_cadences, load_checkpoint, run_loop
 from vae_attention.training.state import MetricWindow, TrainState
 
 __all__ = [
     "DisentangleConfig",
+    "DisentangleTrainee",
     "LoopConfig",
     "MetricWindow",
     "Models",
@@ -14,6 +16,7 @@ __all__ = [
     "TrainState",
     "build_models",
     "build_optimizers",
+    "check_cadences",
     "load_checkpoint",
     "run_loop",
     "train_step",
