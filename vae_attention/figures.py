@@ -55,3 +55,53 @@ def attention_overlay_figure(
         fig.savefig(path, dpi=100)
         plt.close(fig)
     return fig
+
+
+def anomaly_grid_figure(
+    images: torch.Tensor,
+    masks: torch.Tensor | None,
+    maps: torch.Tensor,
+    threshold: float | None,
+    title: str = "",
+    path: str | Path | None = None,
+    score_range: tuple[float, float] | None = None,
+):
+    """The report's Figures 1–3 layout: input, ground-truth mask, attention overlay, thresholded map.
+
+    One column per image; the mask row is omitted when there are no masks (MNIST), the thresholded row when
+    there is no threshold. Maps share one colour scale (``score_range``, default their own min/max), so
+    columns are comparable, as the pooled pixel metrics assume.
+    """
+    images, maps = images.detach().cpu(), maps.detach().cpu()
+    lo, hi = score_range if score_range is not None else (float(maps.min()), float(maps.max()))
+    rows = ["input"] + (["ground truth"] if masks is not None else []) + ["attention"]
+    rows += ["map ≥ best threshold"] if threshold is not None else []
+    n = images.shape[0]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.6 * len(rows)), squeeze=False)
+    for col in range(n):
+        img = images[col].permute(1, 2, 0).numpy()
+        img = img[..., 0] if img.shape[-1] == 1 else img
+        cells = {"input": (img, "gray", None)}
+        if masks is not None:
+            cells["ground truth"] = (masks[col].cpu().numpy(), "gray", None)
+        cells["attention"] = (img, "gray", maps[col].numpy())
+        if threshold is not None:
+            cells["map ≥ best threshold"] = ((maps[col].numpy() >= threshold).astype(float), "gray", None)
+        for row, name in enumerate(rows):
+            base, cmap, overlay = cells[name]
+            ax = axes[row, col]
+            ax.imshow(base, cmap=cmap, vmin=0, vmax=1)
+            if overlay is not None:
+                ax.imshow(overlay, cmap="jet", alpha=0.5, vmin=lo, vmax=hi if hi > lo else lo + 1)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for row, name in enumerate(rows):
+        axes[row, 0].set_ylabel(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    return fig

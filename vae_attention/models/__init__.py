@@ -3,6 +3,8 @@
 from vae_attention.models.base import VAE, VAEOutput, init_normal_, reparameterize
 from vae_attention.models.dsprites import Discriminator, DSpritesVAE
 from vae_attention.models.mnist import MNISTConvVAE
+from vae_attention.models.resnet import DEFAULT_RESNET_LAYER, ResNet18VAE
+from vae_attention.models.ucsd import UCSD_ATTENTION_LAYERS, UCSDConvVAE
 
 __all__ = [
     "VAE",
@@ -10,6 +12,10 @@ __all__ = [
     "DSpritesVAE",
     "Discriminator",
     "MNISTConvVAE",
+    "ResNet18VAE",
+    "UCSDConvVAE",
+    "DEFAULT_RESNET_LAYER",
+    "UCSD_ATTENTION_LAYERS",
     "init_normal_",
     "reparameterize",
 ]

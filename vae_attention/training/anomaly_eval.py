@@ -1,0 +1,116 @@
+"""Evaluation of an anomaly run: attention and reconstruction-error maps over the test set, then metrics.
+
+Maps are computed once per evaluation (model in eval mode: BatchNorm uses running statistics, so each
+image's map is its own) and kept on CPU: a test set here is at most a few hundred MVTec images of one
+category (~22 MB at 256²) or the UCSD clips with masks (~80 MB at 100²). The pixel accumulators then see
+globally comparable scores with a score range known from the cached maps.
+
+Metrics (``step`` = epoch): ``pixel_auroc``, ``best_iou``, ``best_threshold`` (chosen on the test set, as
+the paper and the report did: optimistic), ``best_iou_per_batch`` (IoU averaged over test batches, the
+reduction the report suspected), MVTec's ``*_no_good`` (defective test images only), the reconstruction
+baseline ``baseline_pixel_auroc``/``baseline_best_iou``, UCSD's ``pixel_auroc/<layer>`` for every conv the
+report compared, and for MNIST (no masks) ``image_auroc``: inlier vs outlier digits by mean attention.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch.utils.data import DataLoader
+
+from vae_attention.attention import attention_maps
+from vae_attention.figures import anomaly_grid_figure
+from vae_attention.metrics import PixelScoreAccumulator
+from vae_attention.models import UCSD_ATTENTION_LAYERS
+
+
+def _maps(state, x: torch.Tensor, layer: str) -> torch.Tensor:
+    cfg = state.config
+    return attention_maps(state.model, x, layer, score=cfg.score, activation=cfg.resolved_activation,
+                          normalize_grads=cfg.normalize_grads, size=tuple(x.shape[-2:]))
+
+
+def collect(state, layers: list[str]) -> dict:
+    """Per test image: inputs, masks, labels, attention maps per layer and recon-error maps (CPU tensors)."""
+    loader = DataLoader(state.test_set, batch_size=state.config.batch_size, shuffle=False, num_workers=0)
+    out: dict = {"images": [], "masks": [], "labels": [], "baseline": [], "batches": [],
+                 **{f"maps:{layer}": [] for layer in layers}}
+    start = 0
+    for batch in loader:
+        x = batch["image"].to(state.device)
+        for layer in layers:
+            out[f"maps:{layer}"].append(_maps(state, x, layer).cpu())
+        with torch.no_grad():
+            recon = torch.sigmoid(state.model(x).recon_logits)
+        out["baseline"].append((x - recon).abs().mean(dim=1).cpu())
+        out["images"].append(x.cpu())
+        if "mask" in batch:
+            out["masks"].append(batch["mask"][:, 0].float())
+        # UCSD frames carry no label: a frame is anomalous when its mask has any anomalous pixel
+        label = batch["label"] if "label" in batch else (batch["mask"].flatten(1).amax(1) > 0).long()
+        out["labels"].append(torch.as_tensor(label))
+        out["batches"].append(slice(start, start + x.shape[0]))
+        start += x.shape[0]
+    return {k: (v if k == "batches" or not v else torch.cat(v)) for k, v in out.items()}
+
+
+def pixel_metrics(maps: torch.Tensor, masks: torch.Tensor, batches: list[slice], num_bins: int) -> dict:
+    """Pooled and per-batch pixel metrics of cached maps, binned over their own global score range."""
+    lo, hi = float(maps.min()), float(maps.max())
+    accumulator = PixelScoreAccumulator(num_bins=num_bins, score_range=(lo, hi if hi > lo else lo + 1.0))
+    for part in batches:
+        accumulator.update(maps[part], masks[part])
+    return accumulator.compute()
+
+
+def evaluate(state, figure_path: Path) -> tuple[dict[str, float], Path]:
+    cfg = state.config
+    layers = [cfg.resolved_layer]
+    if cfg.dataset == "ucsd":
+        layers += [layer for layer in UCSD_ATTENTION_LAYERS if layer != cfg.resolved_layer]
+    state.model.eval()
+    try:
+        data = collect(state, layers)
+    finally:
+        state.model.train()
+    maps = data[f"maps:{cfg.resolved_layer}"]
+    labels = data["labels"].numpy()
+    metrics: dict[str, float] = {}
+    threshold = None
+    if cfg.dataset == "mnist":
+        if 0 < labels.sum() < len(labels):
+            metrics["image_auroc"] = float(roc_auc_score(labels, maps.flatten(1).mean(1).numpy()))
+            metrics["baseline_image_auroc"] = float(roc_auc_score(labels, data["baseline"].flatten(1).mean(1).numpy()))
+    else:
+        masks, batches = data["masks"], data["batches"]
+        main = pixel_metrics(maps, masks, batches, cfg.num_bins)
+        threshold = main["best_threshold"]
+        metrics.update({k: float(main[k]) for k in ("pixel_auroc", "best_iou", "best_threshold",
+                                                     "best_iou_per_batch")})
+        base = pixel_metrics(data["baseline"], masks, batches, cfg.num_bins)
+        metrics.update(baseline_pixel_auroc=float(base["pixel_auroc"]), baseline_best_iou=float(base["best_iou"]))
+        if cfg.dataset == "mvtec":
+            defective = torch.as_tensor(labels == 1)
+            if defective.any():
+                only = pixel_metrics(maps[defective], masks[defective], [slice(0, int(defective.sum()))],
+                                     cfg.num_bins)
+                metrics.update(pixel_auroc_no_good=float(only["pixel_auroc"]),
+                               best_iou_no_good=float(only["best_iou"]))
+        for layer in layers[1:]:
+            other = pixel_metrics(data[f"maps:{layer}"], masks, batches, cfg.num_bins)
+            metrics[f"pixel_auroc/{layer}"] = float(other["pixel_auroc"])
+        if cfg.dataset == "ucsd":
+            metrics[f"pixel_auroc/{cfg.resolved_layer}"] = metrics["pixel_auroc"]
+    show = np.flatnonzero(labels == 1)[: cfg.figure_images]
+    if len(show) == 0:
+        show = np.arange(min(cfg.figure_images, len(labels)))
+    index = torch.as_tensor(show)
+    title = (f"{cfg.dataset} {cfg.category if cfg.dataset == 'mvtec' else ''} layer {cfg.resolved_layer} "
+             f"({cfg.attention}) epoch {state.epoch}")
+    anomaly_grid_figure(data["images"][index], data["masks"][index] if len(data["masks"]) else None,
+                        maps[index], threshold, title=title, path=figure_path, score_range=(float(maps.min()),
+                                                                                             float(maps.max())))
+    return metrics, figure_path
