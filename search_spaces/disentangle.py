@@ -14,11 +14,11 @@ public reproduction went to λ = 80) and ``betavae`` (Kim & Mnih's β grid).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from search_spaces.common import config_hash
 from vae_attention.errors import ConfigError
 from vae_attention.training import DisentangleConfig, LoopConfig
 
@@ -129,7 +129,4 @@ def split_trial(trial: dict[str, Any]) -> tuple[DisentangleConfig, LoopConfig]:
 def config_key(trial: dict[str, Any]) -> str:
     """Stable hash of a trial's config without its seed: the key that groups seeds of one configuration."""
     science, loop = split_trial(trial)
-    resolved = {**dataclasses.asdict(science), **dataclasses.asdict(loop)}
-    resolved.pop("seed")
-    resolved.pop("data_dir")  # where the data lives does not change the configuration
-    return hashlib.sha1(json.dumps(resolved, sort_keys=True, default=list).encode()).hexdigest()[:12]
+    return config_hash({**dataclasses.asdict(science), **dataclasses.asdict(loop)})

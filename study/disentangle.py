@@ -7,19 +7,13 @@ import dataclasses
 from typing import Any
 
 from search_spaces.disentangle import STUDIES, config_key, get_study, split_trial
-from study.options import (
-    add_common_options,
-    check_resources,
-    parse_overrides,
-    resolve_data_dir,
-    resolve_storage,
-    resolve_tracking_uri,
-)
+from study.options import add_common_options, parse_overrides, resolve_data_dir
 from study.progress import Column
-from study.sweep import CHECKPOINTS_TO_KEEP, StudyHooks, SweepPlan
+from study.sweep import CHECKPOINTS_TO_KEEP, StudyHooks, SweepPlan, checkpoint_gigabytes, make_plan, trial_table
 from vae_attention.errors import StudyError
 
 KIND = "disentangle"
+DEFAULT_NAME = f"{KIND}-exp1"  # what --resume continues without --name
 # MLflow param names per the naming contract; the full resolved config is in config.json as well.
 COLUMNS = [
     Column("model", "model", "param", "{}", 12),
@@ -65,15 +59,8 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     trials = study.trials(tuple(args.seeds) if args.seeds else None, overrides)
     for trial in trials:
         trial.update(_typed(trial))  # raises ConfigError for unknown keys and bad values
-    check_resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent, args.max_failures)
     name = args.name or f"{KIND}-{experiment}" + ("-quick" if args.quick else "")
-    return SweepPlan(
-        kind=KIND, study=study.name, name=name, preset="quick" if args.quick else "full",
-        storage=resolve_storage(args.storage), tracking_uri=resolve_tracking_uri(args.tracking_uri),
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-        data_source="unresolved", trials=trials, address=args.address,
-    )
+    return make_plan(args, kind=KIND, study=study.name, name=name, trials=trials)
 
 
 def resolved_params(trial: dict[str, Any]) -> dict[str, Any]:
@@ -101,13 +88,12 @@ def resolve_data_source(plan: SweepPlan) -> str:
     return data_source_of(dataset)
 
 
-def checkpoint_megabytes(trial: dict[str, Any]) -> float:
-    """Size of one checkpoint: weights + Adam's two moments (float32) of the VAE and discriminator."""
+def parameter_count(trial: dict[str, Any]) -> int:
+    """Parameters of the VAE and (for FactorVAE models) the discriminator of a trial."""
     from vae_attention.training import build_models
 
     science, _ = split_trial(trial)
-    params = sum(p.numel() for model in build_models(science) if model is not None for p in model.parameters())
-    return params * 4 * 3 / 1e6
+    return sum(p.numel() for model in build_models(science) if model is not None for p in model.parameters())
 
 
 def metric_images(trial: dict[str, Any]) -> int:
@@ -121,18 +107,11 @@ def metric_images(trial: dict[str, Any]) -> int:
 
 def dry_run(plan: SweepPlan) -> str:
     keys = ["model", "gamma", "lambda_ad", "beta", "seed", "iterations", "eval_every", "checkpoint_every"]
-    widths = [12, 6, 9, 5, 4, 10, 10, 16]
-    lines = [f"sweep {plan.name!r} ({plan.study}, preset {plan.preset}): {len(plan.trials)} trials",
-             "  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True)) + "  config_key"]
-    for trial in plan.trials:
-        cells = [f"{trial[k]:g}" if isinstance(trial[k], float) else str(trial[k]) for k in keys]
-        lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)) + "  " + config_key(trial))
-    disk = sum(checkpoint_megabytes(t) * CHECKPOINTS_TO_KEEP for t in plan.trials)
+    lines = trial_table(plan, keys, config_key)
+    disk = sum(checkpoint_gigabytes(parameter_count(t), 1) for t in plan.trials)
     images = sum(metric_images(t) for t in plan.trials)
-    lines.append(f"checkpoint disk ≈ {disk / 1e3:.2f} GB ({CHECKPOINTS_TO_KEEP} kept per trial) at {plan.storage}")
+    lines.append(f"checkpoint disk ≈ {disk:.2f} GB ({CHECKPOINTS_TO_KEEP} kept per trial) at {plan.storage}")
     lines.append(f"metric cost ≈ {images / 1e6:.1f} M images drawn in evaluations (≈ half encoded after caching)")
-    lines.append(f"resources: {plan.cpus_per_trial:g} CPU, {plan.gpus_per_trial:g} GPU per trial; "
-                 f"max concurrent {plan.max_concurrent or 'unlimited'}")
     return "\n".join(lines)
 
 
@@ -147,27 +126,13 @@ def trial_name(trial) -> str:
     return f"{label}_s{p['seed']}_{trial.trial_id}"
 
 
-def run_name(params: dict, trial_id: str) -> str:
-    class _Trial:  # trial_name needs only config and trial_id
-        config = {"params": params}
-
-    _Trial.trial_id = trial_id
-    return trial_name(_Trial)
-
-
 def trial_tags(params: dict) -> dict[str, str]:
     return {"config_key": config_key(params)}
-
-
-HOOKS = StudyHooks(
-    trainable=None, trial_name=trial_name, trial_tags=trial_tags, run_name=run_name,
-    resolved_params=resolved_params, columns=COLUMNS,
-    total_key="iterations", step_key="iteration",
-)
 
 
 def hooks() -> StudyHooks:
     from trainables.disentangle import disentangle_trainable
 
-    return StudyHooks(**{**HOOKS.__dict__, "trainable": disentangle_trainable})
-
+    return StudyHooks(trainable=disentangle_trainable, trial_name=trial_name, trial_tags=trial_tags,
+                      resolved_params=resolved_params, columns=COLUMNS, total_key="iterations",
+                      step_key="iteration")

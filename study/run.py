@@ -7,13 +7,14 @@ The exit code is 0 only if every trial finished.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
-from study import disentangle
+from study import anomaly, disentangle
 from study.options import check_resume_options, resolve_storage, with_defaults
 from vae_attention.errors import StudyError
 
-STUDIES = {disentangle.KIND: disentangle}
+STUDIES = {disentangle.KIND: disentangle, anomaly.KIND: anomaly}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -49,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         check_resume_options(args)
         resolved = with_defaults(args)
-        default_name = f"{module.KIND}-exp1" if module.KIND == "disentangle" else f"{module.KIND}"
-        plan = load_plan(resolve_storage(resolved.storage), args.name or default_name)
+        plan = load_plan(resolve_storage(resolved.storage), args.name or module.DEFAULT_NAME)
         plan.address = args.address
         return launch(plan, module.hooks(), resume=True, sweep_tags={})
 
@@ -69,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # MLflow announces creating/migrating its SQLite tables at INFO; keep the CLI's output to our lines
+    for noisy in ("mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return run(args)
     except StudyError as err:

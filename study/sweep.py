@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -48,6 +49,42 @@ class SweepPlan:
     @property
     def resources(self) -> dict[str, float]:
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+
+
+def make_plan(args, *, kind: str, study: str, name: str, trials: list[dict[str, Any]]) -> SweepPlan:
+    """A plan from parsed options (defaults applied); storage, tracking URI and resources are checked here."""
+    from study.options import check_resources, resolve_storage, resolve_tracking_uri
+
+    check_resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent, args.max_failures)
+    return SweepPlan(
+        kind=kind, study=study, name=name, preset="quick" if args.quick else "full",
+        storage=resolve_storage(args.storage), tracking_uri=resolve_tracking_uri(args.tracking_uri),
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        data_source="unresolved", trials=trials, address=args.address,
+    )
+
+
+def trial_table(plan: SweepPlan, keys: list[str], key_of: Callable[[dict], str],
+                resolve: Callable[[dict], dict] = dict) -> list[str]:
+    """Dry-run lines: a header, then one row per trial with the given (resolved) params and its config_key."""
+    def cell(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    rows = [[cell(resolve(t).get(k, "")) for k in keys] for t in plan.trials]
+    widths = [max([len(k)] + [len(r[i]) for r in rows]) for i, k in enumerate(keys)]
+    lines = [f"sweep {plan.name!r} ({plan.study}, preset {plan.preset}): {len(plan.trials)} trials",
+             "  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True)) + "  config_key"]
+    for trial, row in zip(plan.trials, rows, strict=True):
+        lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + "  " + key_of(trial))
+    lines.append(f"resources: {plan.cpus_per_trial:g} CPU, {plan.gpus_per_trial:g} GPU per trial; "
+                 f"max concurrent {plan.max_concurrent or 'unlimited'}")
+    return lines
+
+
+def checkpoint_gigabytes(parameters: int, trials: int) -> float:
+    """Disk for the kept checkpoints: weights + Adam's two moments in float32, CHECKPOINTS_TO_KEEP per trial."""
+    return parameters * 4 * 3 * CHECKPOINTS_TO_KEEP * trials / 1e9
 
 
 def _fs(path: str):
@@ -112,6 +149,30 @@ def package_versions() -> dict[str, str]:
             "numpy_version": numpy.__version__, "python_version": sys.version.split()[0]}
 
 
+def running_cluster_address(timeout_s: float = 2.0) -> str | None:
+    """RAY_ADDRESS, else the address ``ray start`` last recorded on this machine, if its GCS answers.
+
+    ``ray.init(address="auto")`` would also read that record, but it keeps retrying a cluster that has
+    since stopped (the record outlives it) instead of failing fast; a TCP probe tells live from stale.
+    """
+    address = os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        record = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+        try:
+            address = record.read_text().strip() or None
+        except OSError:
+            return None
+    if address is None or "://" in address:  # ray:// client addresses are joined as given
+        return address
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return address
+    except (OSError, ValueError):
+        print(f"ignoring the Ray cluster recorded at {address}: it does not answer")
+        return None
+
+
 def connect_ray(address: str | None) -> None:
     """Join ``address``, else the running cluster (e.g. after ``ray up``), else start a local instance."""
     import logging
@@ -120,16 +181,13 @@ def connect_ray(address: str | None) -> None:
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     quiet = dict(logging_level=logging.WARNING, log_to_driver=False)
+    address = address or running_cluster_address()
     if address:
         ray.init(address=address, **quiet)
-        print(f"joined Ray cluster at {address}")
+        print(f"joined the Ray cluster at {address}")
         return
-    try:
-        ray.init(address="auto", **quiet)
-        print("joined the running Ray cluster")
-    except ConnectionError:
-        ray.init(include_dashboard=False, **quiet)
-        print(f"started a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
+    ray.init(address="local", include_dashboard=False, **quiet)
+    print(f"started a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
 
 
 @dataclass(frozen=True)
@@ -139,7 +197,6 @@ class StudyHooks:
     trainable: Callable
     trial_name: Callable[[Any], str]
     trial_tags: Callable[[dict], dict]
-    run_name: Callable[[dict, str], str]
     resolved_params: Callable[[dict], dict]
     columns: list
     total_key: str  # "iterations" | "epochs": the trial param that says when it is done
@@ -162,8 +219,8 @@ def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict
     else:
         save_plan(plan)
         callbacks = [
-            MLflowTrialLogger(plan.tracking_uri, plan.name, sweep_tags, hooks.trial_tags, hooks.run_name,
-                              hooks.resolved_params, hooks.step_key),
+            MLflowTrialLogger(plan.tracking_uri, plan.name, sweep_tags, hooks.trial_tags, hooks.resolved_params,
+                              hooks.step_key),
             ProgressTable(hooks.columns, hooks.total_key, hooks.step_key),
         ]
         tuner = tune.Tuner(

@@ -61,14 +61,13 @@ class MLflowTrialLogger(Callback):
     as params and as ``config.json``. All three are module-level functions (the callback is pickled).
     """
 
-    def __init__(self, tracking_uri: str, experiment_name: str, sweep_tags: dict[str, str], trial_tags, run_name,
+    def __init__(self, tracking_uri: str, experiment_name: str, sweep_tags: dict[str, str], trial_tags,
                  resolved_params, step_key: str = "iteration"):
         self.step_key = step_key  # "iteration" or "epoch": the MLflow step of every metric
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.sweep_tags = dict(sweep_tags)
         self.trial_tags = trial_tags
-        self.run_name = run_name
         self.resolved_params = resolved_params
         self._reset()
 
@@ -116,7 +115,7 @@ class MLflowTrialLogger(Callback):
         else:
             params = trial.config[PARAMS_KEY]
             tags = {**self.sweep_tags, **self.trial_tags(params), "trial_id": trial_id, "run_kind": "trial"}
-            run = client.create_run(self._experiment_id, tags=tags, run_name=self.run_name(params, trial_id))
+            run = client.create_run(self._experiment_id, tags=tags, run_name=str(trial))  # Tune's trial name
             run_id = run.info.run_id
             resolved = self.resolved_params(params)
             items = [Param(k, str(v)) for k, v in sorted(resolved.items())]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,13 +105,42 @@ def run_cli(args, cwd, timeout=300, check=False):
     return proc
 
 
+def kill_after_first_checkpoint(args, cwd, experiment_dir, timeout=240):
+    """Start ``study.run ARGS``; SIGKILL its process group once Ray's experiment state lists a checkpoint."""
+    driver = subprocess.Popen([sys.executable, "-m", "study.run", *map(str, args)], cwd=cwd, env=cli_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert driver.poll() is None, "the sweep ended before it could be interrupted"
+            states = list(Path(experiment_dir).glob("experiment_state-*.json"))
+            if any("checkpoint_0000" in _read(state) for state in states):
+                return
+            time.sleep(0.2)
+        raise AssertionError("no checkpoint appeared in the experiment state")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+
+
+def _read(path) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:  # being replaced right now
+        return ""
+
+
 @pytest.fixture(scope="session")
 def ray_address():
     """One local Ray head (2 CPUs, no dashboard, token auth off) for every CLI test, via --address."""
     port = _free_port()
+    # A private temp dir keeps this head out of /tmp/ray/ray_current_cluster, which would otherwise point
+    # later `study.run` invocations on this machine at a cluster that no longer exists. Short: socket paths
+    # under it must stay below ~107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="ray-tests-", dir="/tmp")
     head = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}", "--num-cpus=2",
-         "--include-dashboard=false", "--disable-usage-stats", "--block"],
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}", "--block"],
         env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     address = f"127.0.0.1:{port}"
@@ -127,6 +159,7 @@ def ray_address():
     # SIGTERM takes ~33 s; the cluster holds nothing worth saving by then, so the group is killed.
     os.killpg(head.pid, signal.SIGKILL)
     head.wait(timeout=30)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

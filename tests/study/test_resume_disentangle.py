@@ -1,14 +1,9 @@
 """Kill a running sweep's driver with SIGKILL, `--resume` it, and check nothing was lost or duplicated."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import torch
-from conftest import TINY_SWEEP, cli_env, run_cli
+from conftest import TINY_SWEEP, kill_after_first_checkpoint, run_cli
 from mlflow import MlflowClient
 
 from search_spaces.disentangle import split_trial
@@ -16,20 +11,6 @@ from vae_attention.data import DSprites
 from vae_attention.training import TrainState
 
 ITERATIONS = 150
-
-
-def _wait_for_checkpoint_in_state(experiment_dir, proc, timeout=240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the sweep ended before it could be interrupted"
-        for state in experiment_dir.glob("experiment_state-*.json"):
-            try:
-                if "checkpoint_0000" in state.read_text():
-                    return
-            except OSError:
-                pass
-        time.sleep(0.2)
-    raise AssertionError("no checkpoint appeared in the experiment state")
 
 
 def _uninterrupted_weights(params):
@@ -50,13 +31,7 @@ def test_sigkilled_sweep_resumes_to_the_same_result(ray_address, tmp_path):
     name, storage = "resume-test", tmp_path / "ray_results"
     args = ["disentangle", "--quick", "--iterations", ITERATIONS, *TINY_SWEEP, "--set", f"eval_every={ITERATIONS}",
             "--address", ray_address, "--storage", storage, "--name", name]
-    driver = subprocess.Popen([sys.executable, "-m", "study.run", *map(str, args)], cwd=tmp_path, env=cli_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        _wait_for_checkpoint_in_state(storage / name, driver)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+    kill_after_first_checkpoint(args, cwd=tmp_path, experiment_dir=storage / name)
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(name)

@@ -30,8 +30,8 @@ DEFAULT_LAYER = {"mnist": "encoder.2", "ucsd": "encoder.4", "mvtec": DEFAULT_RES
 @dataclass(frozen=True)
 class AnomalyConfig:
     dataset: str = "mnist"
-    category: str = "bottle"  # MVTec-AD only
-    digit: int = 1  # MNIST only: the inlier digit
+    category: str = ""  # MVTec-AD only (required there)
+    digit: int | None = None  # MNIST only (required there): the inlier digit
     eval_digits: tuple[int, ...] = ()  # MNIST outlier digits at test time; () = the report's choice or all others
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
@@ -59,7 +59,8 @@ class AnomalyConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.dataset in DATASETS, f"dataset={self.dataset!r} is not one of {', '.join(DATASETS)}"),
-            (0 <= self.digit <= 9, f"digit must be 0..9, got {self.digit}"),
+            (self.dataset != "mnist" or self.digit in range(10), f"MNIST needs digit 0..9, got {self.digit}"),
+            (self.dataset != "mvtec" or bool(self.category), "MVTec-AD needs a category"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),

@@ -1,0 +1,88 @@
+"""The anomaly-localisation studies as data: the report's Table 1 (first part) per data set.
+
+MNIST: one-class on digits {1, 3} (evaluated on {7, 4, 9, 2} and {8, 5}), 200 epochs, batch 128, lr 1e-3.
+UCSD Ped1: 300 epochs, batch 128, lr ∈ {1e-3, 5e-4, 1e-4}; each trial also scores the three convs the report
+compared (``pixel_auroc/<layer>``), which costs evaluation only, not training.
+MVTec-AD: one trial per category (15), 300 epochs, batch 16, lr 5e-4, 256×256, ResNet-18 VAE.
+Adam (0.9, 0.999, 1e-8) everywhere; seeds are a grid axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from search_spaces.common import config_hash, expand_grid
+from vae_attention.errors import ConfigError
+from vae_attention.training import AnomalyConfig
+
+MVTEC_CATEGORIES = (
+    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw",
+    "tile", "toothbrush", "transistor", "wood", "zipper",
+)
+SEEDS = (1,)
+# Evaluations run the attention maps over the whole test set (a few minutes on CPU for MVTec at 256²).
+CADENCE = dict(report_every=1, checkpoint_every=10, eval_every=50)
+
+
+@dataclass(frozen=True)
+class AnomalyStudy:
+    dataset: str
+    description: str
+    axes: dict[str, tuple]
+    fixed: dict[str, Any]
+    quick: dict[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] = SEEDS
+
+    def trials(self, seeds=None, overrides=None, axes=None, quick=False) -> list[dict[str, Any]]:
+        """Grid trials; ``axes`` replaces whole axes (e.g. ``{"category": ("bottle",)}``)."""
+        grid = {**self.axes, **(axes or {})}
+        if quick and not axes:
+            grid = {name: values[:1] for name, values in grid.items()}  # one category/digit/lr
+        fixed = {"dataset": self.dataset, **self.fixed, **CADENCE, **(self.quick if quick else {})}
+        return expand_grid(grid, fixed, tuple(seeds or self.seeds), overrides)
+
+
+QUICK_COMMON = dict(epochs=2, eval_every=2, checkpoint_every=1, figure_images=4, num_bins=4096)
+STUDIES: dict[str, AnomalyStudy] = {
+    "mnist": AnomalyStudy(
+        "mnist", "One-class MNIST (authors' ConvVAE, z=32): digit 1 vs {7,4,9,2}, digit 3 vs {8,5}",
+        axes={"digit": (1, 3)}, fixed=dict(epochs=200, batch_size=128, lr=1e-3),
+        quick=dict(QUICK_COMMON, max_train_images=2000, max_test_images=1000),
+    ),
+    "ucsd": AnomalyStudy(
+        "ucsd", "UCSD Ped1 100×100 (3-conv VAE, z=32), lr ∈ {1e-3, 5e-4, 1e-4}",
+        axes={"lr": (1e-3, 5e-4, 1e-4)}, fixed=dict(epochs=300, batch_size=128),
+        quick=dict(QUICK_COMMON, max_train_images=1000, max_test_images=400),
+    ),
+    "mvtec": AnomalyStudy(
+        "mvtec", "MVTec-AD per category (ResNet-18 VAE, z=32, 256×256), lr 5e-4",
+        axes={"category": MVTEC_CATEGORIES}, fixed=dict(epochs=300, batch_size=16, lr=5e-4),
+        quick=dict(QUICK_COMMON, image_size=64, max_train_images=200, max_test_images=100),
+    ),
+}
+
+
+def get_study(dataset: str) -> AnomalyStudy:
+    if dataset not in STUDIES:
+        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(STUDIES)}")
+    return STUDIES[dataset]
+
+
+def split_trial(trial: dict[str, Any]) -> AnomalyConfig:
+    """The typed config of a flat trial dict; unknown keys and bad values raise ConfigError."""
+    return AnomalyConfig.from_dict(trial)
+
+
+def resolved_params(trial: dict[str, Any]) -> dict[str, Any]:
+    """Every config field as the trial ran it, dataset defaults (image size, layer, activation) resolved."""
+    config = split_trial(trial)
+    resolved = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
+    resolved.update(image_size=config.resolved_image_size, attention_layer=config.resolved_layer,
+                    activation=config.resolved_activation)
+    return resolved
+
+
+def config_key(trial: dict[str, Any]) -> str:
+    return config_hash(resolved_params(trial))
