@@ -7,8 +7,9 @@ import itertools
 import json
 from typing import Any
 
-# Where the data lives and which seed ran do not change what a configuration is.
-NOT_IN_CONFIG_KEY = ("seed", "data_dir")
+# Where the data lives, which seed ran, and how often it reported, checkpointed, evaluated or drew figures
+# do not change what a configuration is (metric sizes do: they change the measured value).
+NOT_IN_CONFIG_KEY = ("seed", "data_dir", "report_every", "checkpoint_every", "eval_every", "figure_images")
 
 
 def config_hash(resolved: dict[str, Any]) -> str:

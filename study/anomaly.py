@@ -75,7 +75,7 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
                       ("attention", "attention")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
-    data_dir = resolve_data_dir(args.data_dir)
+    data_dir = resolve_data_dir(args.data_dir or overrides.get("data_dir"))
     if data_dir is None:
         raise StudyError(f"--data-dir is required for --dataset {dataset} (see README 'Data' for the layout)")
     overrides["data_dir"] = data_dir
@@ -83,6 +83,10 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
                           quick=bool(args.quick))
     for trial in trials:
         trial.update({k: v for k, v in resolved_params(trial).items() if k in trial})  # typed; raises ConfigError
+    from vae_attention.training.anomaly_state import check_model
+
+    for config in {split_trial(t).replace(seed=0, lr=1.0) for t in trials}:
+        check_model(config)
     name = args.name or f"{KIND}-{dataset}" + ("-quick" if args.quick else "")
     return make_plan(args, kind=KIND, study=dataset, name=name, trials=trials)
 
@@ -133,7 +137,10 @@ def trial_name(trial) -> str:
 
 
 def trial_tags(params: dict) -> dict[str, str]:
-    return {"config_key": config_key(params)}
+    # derived from the attention mode, recorded because it changes the maps: the authors' code takes |·|
+    # of the upsampled map, the paper's formulation activates at the layer's resolution
+    order = "after_upsampling" if split_trial(params).upsample_first else "before_upsampling"
+    return {"config_key": config_key(params), "activation_order": order}
 
 
 def hooks() -> StudyHooks:

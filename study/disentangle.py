@@ -53,12 +53,16 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
                       ("checkpoint_every", "checkpoint_every")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
-    data_dir = resolve_data_dir(args.data_dir)
+    data_dir = resolve_data_dir(args.data_dir or overrides.get("data_dir"))
     if data_dir is not None:
         overrides["data_dir"] = data_dir
     trials = study.trials(tuple(args.seeds) if args.seeds else None, overrides)
     for trial in trials:
         trial.update(_typed(trial))  # raises ConfigError for unknown keys and bad values
+    from vae_attention.training.disentangle import check_model
+
+    for science in {split_trial(t)[0].replace(seed=0) for t in trials}:
+        check_model(science)
     name = args.name or f"{KIND}-{experiment}" + ("-quick" if args.quick else "")
     return make_plan(args, kind=KIND, study=study.name, name=name, trials=trials)
 
@@ -78,12 +82,16 @@ def _typed(trial: dict[str, Any]) -> dict[str, Any]:
 def resolve_data_source(plan: SweepPlan) -> str:
     """Prepare the packed dSprites cache once on the driver (not in N trials at once) and name the source."""
     from trainables.disentangle import data_source_of
-    from vae_attention.data import DSprites
+    from vae_attention.data import NPZ_NAME, DSprites
 
     data_dirs = {t.get("data_dir") for t in plan.trials}
     if len(data_dirs) != 1:
         raise StudyError("all trials of one sweep must use the same data_dir")
-    dataset = DSprites(data_dirs.pop())
+    data_dir = data_dirs.pop()
+    dataset = DSprites(data_dir)
+    if data_dir is not None and dataset.source != "npz":
+        raise StudyError(f"--data-dir {data_dir} has no {NPZ_NAME}; put the official file there, or drop "
+                         "--data-dir for the generated stand-in")
     print(dataset.describe())
     return data_source_of(dataset)
 

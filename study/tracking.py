@@ -112,6 +112,8 @@ class MLflowTrialLogger(Callback):
             self._last_step[trial_id] = max((m.step for m in history), default=-1)
             if existing[0].info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
+            if "error" in existing[0].data.tags:  # a failed trial is being retried or resumed
+                client.delete_tag(run_id, "error")
         else:
             params = trial.config[PARAMS_KEY]
             tags = {**self.sweep_tags, **self.trial_tags(params), "trial_id": trial_id, "run_kind": "trial"}

@@ -175,3 +175,29 @@ def test_bad_arguments_raise_one_line_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match) as err:
         attention_maps(model, _images((1, 1, 64, 64)), **kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_upsample_first_takes_the_activation_of_the_upsampled_map():
+    """The authors' order: |bilinear(Σ_k α_k A_k)|, against the paper's bilinear(act(Σ_k α_k A_k))."""
+    import torch.nn.functional as F
+
+    model = _seeded(MNISTConvVAE).eval()
+    x = _images((2, 1, 28, 28))
+    raw = attention_maps(model, x, "encoder.2", activation="none", size=(7, 7))
+    upsampled = F.interpolate(raw[:, None], size=(28, 28), mode="bilinear", align_corners=False)[:, 0]
+    authors = attention_maps(model, x, "encoder.2", activation="abs", upsample_first=True)
+    paper_order = attention_maps(model, x, "encoder.2", activation="abs")
+    torch.testing.assert_close(authors, upsampled.abs())
+    assert not torch.allclose(authors, paper_order)  # the order matters where the map changes sign
+
+
+def test_check_layer_rejects_non_spatial_layers_and_wrong_input_sizes():
+    from vae_attention.attention import check_layer
+
+    model = _seeded(DSpritesVAE)
+    assert check_layer(model, "encoder.4", torch.zeros(1, 1, 64, 64)) == (1, 64, 8, 8)
+    with pytest.raises(ConfigError, match="outputs shape"):
+        check_layer(model, "encoder.9", torch.zeros(1, 1, 64, 64))
+    with pytest.raises(ConfigError, match="cannot encode"):
+        check_layer(model, "encoder.0", torch.zeros(1, 1, 32, 32))
+    assert model.training  # restored

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces.anomaly import split_trial
-from trainables.common import configure_torch_for_trial, restore_dir, trial_params, tune_report
+from trainables.common import configure_torch_for_trial, node_context, restore_dir, trial_params, tune_report
 from vae_attention.training import AnomalyState, load_checkpoint, run_loop
 
 
@@ -16,7 +16,7 @@ def anomaly_trainable(config: dict[str, Any]) -> None:
     device = configure_torch_for_trial()
     state = AnomalyState(anomaly, device=device)
     restore_dir(lambda directory: load_checkpoint(state, directory))
-    context = {"device": str(device), "data_source": data_source_of(anomaly)}
+    context = {"device": str(device), **node_context(), "data_source": data_source_of(anomaly)}
 
     def report(metrics, write):
         tune_report({**metrics, **context}, write)

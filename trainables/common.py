@@ -26,6 +26,13 @@ def configure_torch_for_trial() -> torch.device:
     return torch.device("cpu")
 
 
+def node_context() -> dict[str, str]:
+    """Where the trial runs, reported with its results (the MLflow callback turns it into tags)."""
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id()}
+
+
 def tune_report(metrics: dict[str, Any], write_checkpoint) -> None:
     """``tune.report``; with a writer, the files go into a temp dir that Tune persists to storage."""
     if write_checkpoint is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces.disentangle import split_trial
-from trainables.common import configure_torch_for_trial, restore_dir, trial_params, tune_report
+from trainables.common import configure_torch_for_trial, node_context, restore_dir, trial_params, tune_report
 from vae_attention.data import DSprites
 from vae_attention.training import DisentangleTrainee, TrainState, load_checkpoint, run_loop
 
@@ -18,7 +18,7 @@ def disentangle_trainable(config: dict[str, Any]) -> None:
     dataset = DSprites(science.data_dir)
     trainee = DisentangleTrainee(TrainState(science, dataset, device=device), loop)
     restore_dir(lambda directory: load_checkpoint(trainee, directory))
-    context = {"device": str(device), "data_source": data_source_of(dataset)}
+    context = {"device": str(device), **node_context(), "data_source": data_source_of(dataset)}
 
     def report(metrics, write):
         # Strings ride along on every report (cheap); the MLflow callback turns them into tags.

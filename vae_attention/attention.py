@@ -94,6 +94,20 @@ def encode_with_activation(model: nn.Module, x: torch.Tensor, layer: str) -> tup
     return mu, activation
 
 
+def check_layer(model: nn.Module, layer: str, example: torch.Tensor) -> tuple[int, ...]:
+    """Fail early (ConfigError) unless ``layer`` gives a (B, K, h, w) activation on ``example``; its shape."""
+    was_training = model.training
+    model.eval()
+    try:
+        _, activation = encode_with_activation(model, example, layer)
+    except RuntimeError as err:  # shape mismatches inside the model: the input size does not fit it
+        raise ConfigError(f"{type(model).__name__} cannot encode a {tuple(example.shape[1:])} input: "
+                          f"{str(err).splitlines()[0]}") from None
+    finally:
+        model.train(was_training)
+    return tuple(activation.shape)
+
+
 def _normalize(grads: torch.Tensor, mode: str) -> torch.Tensor:
     """Divide (…, B, K, h, w) gradients by their RMS, per image or over the whole batch."""
     if mode == "none":
@@ -169,6 +183,7 @@ def attention_maps(
     create_graph: bool = False,
     size: tuple[int, int] | None = None,
     grad_method: GradMethod = "auto",
+    upsample_first: bool = False,
 ) -> torch.Tensor:
     """Latent-conditioned attention maps of ``layer`` for the batch ``x``.
 
@@ -176,7 +191,9 @@ def attention_maps(
     (H, W) = ``size`` or the input's spatial size. ``dims``: the latent dimensions for the per-dimension
     scores (default all), either a list shared by the batch or a (B, n) tensor of per-image choices.
     The model's train/eval mode is the caller's choice (eval for batch-norm models, so maps are per-image).
-    Without ``create_graph`` the maps are detached.
+    Without ``create_graph`` the maps are detached. ``upsample_first=True`` applies the activation after
+    the bilinear upsampling, as the authors' code does (``abs`` of the upsampled map); the default
+    activates at the layer's resolution, then upsamples (the paper's order).
     """
     _check_choice("score", score, SCORES)
     _check_choice("normalize_grads", normalize_grads, GRAD_NORMS)
@@ -195,13 +212,15 @@ def attention_maps(
 
     grads = _normalize(grads, normalize_grads)
     alpha = grads.mean(dim=(-2, -1), keepdim=True)  # (n, B, K, 1, 1)
-    cams = _activate((alpha * feats).sum(dim=-3), activation)  # (n, B, h, w)
-    if score == "mean_per_dim":
-        cams = cams.mean(dim=0, keepdim=True)
-
-    maps = cams.transpose(0, 1)  # (B, n, h, w)
-    if tuple(maps.shape[-2:]) != tuple(size):
+    maps = (alpha * feats).sum(dim=-3).transpose(0, 1)  # (B, n, h, w) before the activation
+    resize = tuple(maps.shape[-2:]) != tuple(size)
+    if resize and upsample_first:
         maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    maps = _activate(maps, activation)
+    if resize and not upsample_first:
+        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    if score == "mean_per_dim":  # the mean over dims commutes with the (linear) upsampling
+        maps = maps.mean(dim=1, keepdim=True)
     if score != "per_dim":
         maps = maps[:, 0]
     return maps if create_graph else maps.detach()

@@ -40,6 +40,10 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
         return value
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else list(value)
+        if isinstance(value, str) and not value.strip():
+            items = []
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[T, ...]: any length
+            return tuple(_coerce(name, v, args[0]) for v in items)
         if len(items) != len(args):
             raise ConfigError(f"{name} needs {len(args)} values, got {value!r}")
         return tuple(_coerce(name, v, a) for v, a in zip(items, args, strict=True))
@@ -76,3 +80,14 @@ def config_from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Plain JSON-ready dict of a config dataclass (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def check_same_config(stored: dict[str, Any] | None, current: Any, ignore: tuple[str, ...] = ("data_dir",)) -> None:
+    """Refuse to continue a checkpoint written under another config (e.g. defaults changed since)."""
+    if stored is None:
+        return
+    now = config_to_dict(current)
+    differ = sorted(k for k in set(stored) | set(now) if k not in ignore and stored.get(k) != now.get(k))
+    if differ:
+        pairs = ", ".join(f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in differ)
+        raise ConfigError(f"checkpoint was written with another config ({pairs}); start a new sweep instead")

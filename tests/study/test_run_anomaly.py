@@ -1,10 +1,15 @@
 """`python -m study.run anomaly`: quick sweeps on tiny official-layout data sets, resume, and bad input."""
 
+import json
+
 import pytest
+import torch
 from conftest import kill_after_first_checkpoint, run_cli
 from mlflow import MlflowClient
 
+from search_spaces.anomaly import split_trial
 from study.run import main
+from vae_attention.training import AnomalyState
 
 CONTRACT_PARAMS = {"dataset", "category", "digit", "lr", "epochs", "batch_size", "image_size", "seed", "z_dim",
                    "attention_layer", "attention", "normalize_grads", "activation", "gt_policy"}
@@ -58,6 +63,21 @@ def test_mvtec_quick_sweep_survives_sigkill_and_resumes(ray_address, mvtec_root,
         assert key in run.data.metrics, key
     assert 0.0 <= run.data.metrics["pixel_auroc"] <= 1.0 and 0.0 <= run.data.metrics["best_iou"] <= 1.0
     assert run.data.tags["data_source"] == f"mvtec:{root}"
+
+    # bit-identical to the same trial run straight through in this process (1 thread, as the trial)
+    config = split_trial(json.loads(open(client.download_artifacts(run.info.run_id, "config.json",
+                                                                   str(tmp_path))).read()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        straight = AnomalyState(config, device="cpu")
+        for _ in range(epochs):
+            straight.advance()
+    finally:
+        torch.set_num_threads(threads)
+    logged = torch.load(client.download_artifacts(run.info.run_id, "model/vae.pt", str(tmp_path)), weights_only=True)
+    for key, value in straight.weights().items():
+        assert torch.equal(logged[key], value), key
 
 
 @pytest.mark.parametrize(

@@ -107,10 +107,32 @@ def factor_vae_metric(
     else:
         big_l = SEED_L if batch_size == _DLIB_BATCH_SIZE else batch_size
         votes = SEED_VOTES if num_train == _DLIB_NUM_TRAIN else num_train
-        _check_int("batch_size", big_l, 2)
-        # Stratified votes need at least one per factor.
-        _check_int("num_train", votes, int(sizes.size))
-        out = _seed(representation_fn, dataset, rng, sizes, big_l, votes)
+        return seed_variant_metric(representation_fn, dataset, rng, batch_size=big_l, num_votes=votes)
+    out["elapsed_s"] = time.perf_counter() - start
+    return out
+
+
+def seed_variant_metric(
+    representation_fn: Callable[[Any], Any],
+    dataset: Any,
+    rng: np.random.Generator,
+    *,
+    batch_size: int = SEED_L,
+    num_votes: int = SEED_VOTES,
+) -> dict[str, float | int]:
+    """``variant="seed"`` with L and the vote count given as they are (no mapping of dlib's defaults).
+
+    ``factor_vae_metric(variant="seed")`` reads its dlib-default ``batch_size=64``/``num_train=10000`` as
+    "the seed code's L = 100 / 800 votes"; callers that need L = 64 or 10,000 votes call this directly.
+    """
+    start = time.perf_counter()
+    sizes = np.asarray(dataset.factor_sizes, dtype=np.int64)
+    if sizes.ndim != 1 or sizes.size == 0 or np.any(sizes < 1):
+        raise ConfigError(f"factor_vae_metric: dataset.factor_sizes must be positive ints, got {sizes.tolist()}")
+    _check_int("batch_size", batch_size, 2)
+    # Stratified votes need at least one per factor.
+    _check_int("num_votes", num_votes, int(sizes.size))
+    out = _seed(representation_fn, dataset, rng, sizes, batch_size, num_votes)
     out["elapsed_s"] = time.perf_counter() - start
     return out
 

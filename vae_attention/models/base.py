@@ -7,6 +7,7 @@ Attention maps (``vae_attention.attention``) only need ``encode`` and a conv lay
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -33,6 +34,19 @@ def init_normal_(module: nn.Module, std: float = 0.02, generator: torch.Generato
             nn.init.normal_(m.weight, 0.0, std, generator=generator)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+@contextmanager
+def seeded_default_init(generator: torch.Generator | None):
+    """Build modules with PyTorch's default init, drawn from ``generator`` instead of the global RNG.
+
+    Default initialisers take no generator; forking the CPU RNG and seeding it from ours keeps model
+    construction reproducible without touching anyone else's random stream. Models are built on CPU.
+    """
+    with torch.random.fork_rng(devices=[], enabled=generator is not None):
+        if generator is not None:
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        yield
 
 
 class VAE(nn.Module):

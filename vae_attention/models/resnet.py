@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 
 from vae_attention.errors import ConfigError
-from vae_attention.models.base import VAE, View
+from vae_attention.models.base import VAE, View, seeded_default_init
 
 DEFAULT_RESNET_LAYER = "encoder.layer3.1.conv2"  # 16×16 maps at S = 256
 DECODER_CHANNELS = (512, 256, 128, 64, 32, 16)
@@ -32,11 +32,7 @@ class ResNet18VAE(VAE):
             raise ConfigError(f"image_size must be a multiple of 32 for the ResNet-18 VAE, got {image_size}")
         self.z_dim = z_dim
         side = image_size // 32
-        # models are built on CPU and moved afterwards, so only the CPU RNG needs forking
-        with torch.random.fork_rng(devices=[], enabled=generator is not None):
-            if generator is not None:
-                # torchvision initialises from the global RNG; seed it from ours for a reproducible init
-                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        with seeded_default_init(generator):  # torchvision's init, reproducible from our generator
             trunk = torchvision.models.resnet18(weights=None)
             self.encoder = nn.Sequential(OrderedDict(
                 conv1=trunk.conv1, bn1=trunk.bn1, relu=trunk.relu, maxpool=trunk.maxpool,

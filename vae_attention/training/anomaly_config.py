@@ -4,8 +4,11 @@ Defaults follow Table 1 of the reproducibility report: Adam (0.9, 0.999, 1e-8); 
 lr 1e-3; UCSD Ped1 300 epochs, batch 128, lr ∈ {1e-3, 5e-4, 1e-4}; MVTec-AD 300 epochs, batch 16,
 lr 5e-4, 256×256. Dataset-dependent defaults are resolved by the ``resolved_*`` properties.
 
-Attention modes: ``authors`` (every number of the report came from it: score Σμ, |·|) and ``paper``
-(mean over latent dimensions of per-dimension ReLU maps). ``activation="auto"`` follows the mode.
+Attention modes: ``authors`` (every number of the report came from it: score Σμ, |·| of the bilinearly
+upsampled map, as the authors' ``gradcam.py``) and ``paper`` (mean over latent dimensions of per-dimension
+ReLU maps, activated at the layer's resolution). ``activation="auto"`` follows the mode. The authors'
+code also divides gradients by their RMS over the whole batch; that is ``normalize_grads="batch"``, off by
+default because it makes an image's map depend on its batch-mates, which pooled pixel metrics cannot have.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from vae_attention.models import DEFAULT_RESNET_LAYER
 from vae_attention.training.loop import check_cadences
 
 DATASETS = ("mnist", "ucsd", "mvtec")
-ATTENTION_MODES = {"authors": ("sum", "abs"), "paper": ("mean_per_dim", "relu")}
+# mode -> (score, activation, activate after upsampling)
+ATTENTION_MODES = {"authors": ("sum", "abs", True), "paper": ("mean_per_dim", "relu", False)}
 GT_POLICIES = ("gt_only", "all_clips")  # UCSD test clips: only those with pixel masks, or all of them
 DEFAULT_IMAGE_SIZE = {"mnist": 28, "ucsd": 100, "mvtec": 256}
 DEFAULT_LAYER = {"mnist": "encoder.2", "ucsd": "encoder.4", "mvtec": DEFAULT_RESNET_LAYER}
@@ -77,6 +81,12 @@ class AnomalyConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        size = self.resolved_image_size
+        if self.dataset in ("mnist", "ucsd") and size != DEFAULT_IMAGE_SIZE[self.dataset]:
+            raise ConfigError(f"image_size={size}: the {self.dataset} VAE takes {DEFAULT_IMAGE_SIZE[self.dataset]}² "
+                              "inputs only")
+        if self.dataset == "mvtec" and (size % 32 or size < 32):
+            raise ConfigError(f"image_size={size}: the ResNet-18 VAE needs a multiple of 32")
         check_cadences(self, "epochs")
 
     @property
@@ -94,6 +104,10 @@ class AnomalyConfig:
     @property
     def score(self) -> str:
         return ATTENTION_MODES[self.attention][0]
+
+    @property
+    def upsample_first(self) -> bool:
+        return ATTENTION_MODES[self.attention][2]
 
     @property
     def resolved_activation(self) -> str:

@@ -1,9 +1,11 @@
 """Evaluation of an anomaly run: attention and reconstruction-error maps over the test set, then metrics.
 
 Maps are computed once per evaluation (model in eval mode: BatchNorm uses running statistics, so each
-image's map is its own) and kept on CPU: a test set here is at most a few hundred MVTec images of one
-category (~22 MB at 256²) or the UCSD clips with masks (~80 MB at 100²). The pixel accumulators then see
-globally comparable scores with a score range known from the cached maps.
+image's map is its own) and kept on CPU in float32, one set per layer plus the reconstruction-error maps;
+masks as uint8; input images only for the figure. That is ~0.5 MB per 256² MVTec image (a category has
+≤ 200 test images) and ~0.2 MB per UCSD frame (≈ 0.4 GB for the clips with masks, ≈ 1.4 GB with
+``gt_policy=all_clips``). The pixel accumulators then see globally comparable scores over a score range
+known from the cached maps.
 
 Metrics (``step`` = epoch): ``pixel_auroc``, ``best_iou``, ``best_threshold`` (chosen on the test set, as
 the paper and the report did: optimistic), ``best_iou_per_batch`` (IoU averaged over test batches, the
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
@@ -30,14 +31,17 @@ from vae_attention.models import UCSD_ATTENTION_LAYERS
 def _maps(state, x: torch.Tensor, layer: str) -> torch.Tensor:
     cfg = state.config
     return attention_maps(state.model, x, layer, score=cfg.score, activation=cfg.resolved_activation,
-                          normalize_grads=cfg.normalize_grads, size=tuple(x.shape[-2:]))
+                          normalize_grads=cfg.normalize_grads, size=tuple(x.shape[-2:]),
+                          upsample_first=cfg.upsample_first)
 
 
 def collect(state, layers: list[str]) -> dict:
-    """Per test image: inputs, masks, labels, attention maps per layer and recon-error maps (CPU tensors)."""
-    loader = DataLoader(state.test_set, batch_size=state.config.batch_size, shuffle=False, num_workers=0)
-    out: dict = {"images": [], "masks": [], "labels": [], "baseline": [], "batches": [],
-                 **{f"maps:{layer}": [] for layer in layers}}
+    """Per test image: labels, masks, attention maps per layer and recon-error maps (CPU tensors), plus
+    the inputs of the figure's images (the first defective ones, else the first ones)."""
+    cfg = state.config
+    loader = DataLoader(state.test_set, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
+    out: dict = {"masks": [], "labels": [], "baseline": [], "batches": [], **{f"maps:{layer}": [] for layer in layers}}
+    figure: dict[str, list] = {"defective": [], "any": []}
     start = 0
     for batch in loader:
         x = batch["image"].to(state.device)
@@ -46,15 +50,23 @@ def collect(state, layers: list[str]) -> dict:
         with torch.no_grad():
             recon = torch.sigmoid(state.model(x).recon_logits)
         out["baseline"].append((x - recon).abs().mean(dim=1).cpu())
-        out["images"].append(x.cpu())
         if "mask" in batch:
-            out["masks"].append(batch["mask"][:, 0].float())
+            out["masks"].append(batch["mask"][:, 0].to(torch.uint8))
         # UCSD frames carry no label: a frame is anomalous when its mask has any anomalous pixel
         label = batch["label"] if "label" in batch else (batch["mask"].flatten(1).amax(1) > 0).long()
-        out["labels"].append(torch.as_tensor(label))
+        label = torch.as_tensor(label)
+        out["labels"].append(label)
+        for i in range(x.shape[0]):
+            for kind in ("defective", "any") if label[i] == 1 else ("any",):
+                if len(figure[kind]) < cfg.figure_images:
+                    figure[kind].append(start + i)
+                    out.setdefault("figure_images", {})[start + i] = x[i].cpu()
         out["batches"].append(slice(start, start + x.shape[0]))
         start += x.shape[0]
-    return {k: (v if k == "batches" or not v else torch.cat(v)) for k, v in out.items()}
+    chosen = figure["defective"] or figure["any"]
+    out["figure_index"] = torch.as_tensor(chosen)
+    out["figure_images"] = torch.stack([out["figure_images"][i] for i in chosen])
+    return {k: (torch.cat(v) if isinstance(v, list) and v and k != "batches" else v) for k, v in out.items()}
 
 
 def pixel_metrics(maps: torch.Tensor, masks: torch.Tensor, batches: list[slice], num_bins: int) -> dict:
@@ -104,13 +116,10 @@ def evaluate(state, figure_path: Path) -> tuple[dict[str, float], Path]:
             metrics[f"pixel_auroc/{layer}"] = float(other["pixel_auroc"])
         if cfg.dataset == "ucsd":
             metrics[f"pixel_auroc/{cfg.resolved_layer}"] = metrics["pixel_auroc"]
-    show = np.flatnonzero(labels == 1)[: cfg.figure_images]
-    if len(show) == 0:
-        show = np.arange(min(cfg.figure_images, len(labels)))
-    index = torch.as_tensor(show)
+    index = data["figure_index"]
     title = (f"{cfg.dataset} {cfg.category if cfg.dataset == 'mvtec' else ''} layer {cfg.resolved_layer} "
              f"({cfg.attention}) epoch {state.epoch}")
-    anomaly_grid_figure(data["images"][index], data["masks"][index] if len(data["masks"]) else None,
+    anomaly_grid_figure(data["figure_images"], data["masks"][index] if len(data["masks"]) else None,
                         maps[index], threshold, title=title, path=figure_path, score_range=(float(maps.min()),
                                                                                              float(maps.max())))
     return metrics, figure_path

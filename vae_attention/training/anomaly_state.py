@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vae_attention import losses
-from vae_attention.config import config_to_dict
+from vae_attention.config import check_same_config, config_to_dict
 from vae_attention.errors import DataError
 from vae_attention.models import MNISTConvVAE, ResNet18VAE, UCSDConvVAE
 from vae_attention.training.anomaly_config import AnomalyConfig
@@ -56,6 +56,16 @@ def build_model(config: AnomalyConfig, generator: torch.Generator) -> torch.nn.M
     if config.dataset == "ucsd":
         return UCSDConvVAE(config.z_dim, generator=generator)
     return ResNet18VAE(config.z_dim, config.resolved_image_size, generator=generator)
+
+
+def check_model(config: AnomalyConfig) -> None:
+    """Build the model on CPU and run one blank input through it: a bad layer or size fails here, not later."""
+    from vae_attention.attention import check_layer
+
+    channels = 3 if config.dataset == "mvtec" else 1
+    size = config.resolved_image_size
+    check_layer(build_model(config, torch.Generator().manual_seed(0)), config.resolved_layer,
+                torch.zeros(1, channels, size, size))
 
 
 class AnomalyState:
@@ -100,9 +110,7 @@ class AnomalyState:
         self.epoch += 1
 
     def pop_window(self) -> dict[str, float]:
-        means = self.window.means()
-        self.window.reset()
-        return means
+        return self.window.pop()
 
     def evaluate(self, scratch_dir: Path) -> tuple[dict[str, float], Path]:
         from vae_attention.training.anomaly_eval import evaluate
@@ -121,6 +129,7 @@ class AnomalyState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_same_config(state.get("config"), self.config)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.data_generator.set_state(state["data_rng"].cpu())

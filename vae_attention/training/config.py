@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vae_attention.attention import ACTIVATIONS, GRAD_METHODS, GRAD_NORMS
+from vae_attention.attention import GRAD_METHODS, GRAD_NORMS
 from vae_attention.config import config_from_dict
 from vae_attention.errors import ConfigError
 from vae_attention.losses import PAIR_POLICIES
@@ -54,7 +54,8 @@ class DisentangleConfig:
             (self.batch_size >= 2, f"batch_size must be >= 2 (permute_dims shuffles across it), got {self.batch_size}"),
             (self.d_hidden_layers >= 1 and self.d_hidden_units >= 1, "discriminator needs >= 1 layer and unit"),
             (self.pairs in PAIR_POLICIES, f"pairs={self.pairs!r} is not one of {', '.join(PAIR_POLICIES)}"),
-            (self.ad_activation in ACTIVATIONS, f"ad_activation={self.ad_activation!r} not in {ACTIVATIONS}"),
+            # L_AD's min/sum overlap is only a [0, 1] similarity for non-negative maps
+            (self.ad_activation in ("relu", "abs"), f"ad_activation={self.ad_activation!r} is not relu or abs"),
             (self.normalize_grads in GRAD_NORMS, f"normalize_grads={self.normalize_grads!r} not in {GRAD_NORMS}"),
             (self.grad_method in GRAD_METHODS, f"grad_method={self.grad_method!r} not in {GRAD_METHODS}"),
             (self.eval_size >= 0, f"eval_size must be >= 0, got {self.eval_size}"),

@@ -47,6 +47,14 @@ def build_models(config: DisentangleConfig, device: torch.device | str = "cpu") 
     return Models(vae, disc)
 
 
+def check_model(config: DisentangleConfig) -> None:
+    """Fail early (ConfigError) when the attention layer is not a conv of the dSprites VAE."""
+    from vae_attention.attention import check_layer
+    from vae_attention.models import DSpritesVAE
+
+    check_layer(DSpritesVAE(config.z_dim), config.attention_layer, torch.zeros(1, 1, 64, 64))
+
+
 def build_optimizers(config: DisentangleConfig, models: Models) -> Optimizers:
     vae_opt = torch.optim.Adam(models.vae.parameters(), lr=config.lr, betas=config.betas)
     d_opt = None

@@ -17,7 +17,7 @@ from vae_attention.attention import attention_maps
 from vae_attention.config import config_from_dict
 from vae_attention.errors import ConfigError
 from vae_attention.figures import attention_overlay_figure
-from vae_attention.metrics import factor_vae_metric
+from vae_attention.metrics import factor_vae_metric, seed_variant_metric
 from vae_attention.training.loop import check_cadences
 from vae_attention.training.state import TrainState
 
@@ -68,9 +68,9 @@ def evaluate(state: TrainState, loop: LoopConfig) -> dict[str, float]:
         batch_size=loop.metric_batch_size, num_train=loop.metric_num_train, num_eval=loop.metric_num_eval,
         num_variance_estimate=loop.metric_num_variance,
     )
-    seed = factor_vae_metric(
-        state.representation, state.dataset, np.random.default_rng(0), variant="seed",
-        batch_size=loop.seed_metric_batch_size, num_train=loop.seed_metric_votes,
+    seed = seed_variant_metric(
+        state.representation, state.dataset, np.random.default_rng(0),
+        batch_size=loop.seed_metric_batch_size, num_votes=loop.seed_metric_votes,
     )
     return {
         "eval_recon_loss": state.eval_recon_loss(),
@@ -87,7 +87,7 @@ def attention_figure(state: TrainState, num_images: int, path: Path) -> None:
     """Fixed inputs and, per image, its two highest-response per-dimension maps at the L_AD layer."""
     cfg = state.config
     pool = state.eval_indices if len(state.eval_indices) else state.dataset.num_images
-    picks = np.random.default_rng(FIGURE_SEED).choice(pool, num_images)
+    picks = np.random.default_rng(FIGURE_SEED).choice(pool, num_images, replace=False)
     x = state.dataset.images(np.asarray(picks)).to(state.device)
     vae = state.models.vae
     was_training = vae.training

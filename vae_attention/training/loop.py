@@ -82,8 +82,9 @@ def checkpoint_writer(trainee: Trainee, metrics: dict[str, Any], figure: Path | 
     def write(directory: Path) -> None:
         directory = Path(directory)
         _atomic_torch_save(trainee.state_dict(), directory / STATE_FILE)
-        if final:
-            _atomic_torch_save(trainee.weights(), directory / WEIGHTS_FILE)
+        if final:  # on CPU, so the artifact loads on any machine
+            weights = {k: v.detach().cpu() for k, v in trainee.weights().items()}
+            _atomic_torch_save(weights, directory / WEIGHTS_FILE)
         if figure is not None:
             (directory / FIGURES_DIR).mkdir(exist_ok=True)
             os.replace(figure, directory / FIGURES_DIR / figure.name)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vae_attention import losses
-from vae_attention.config import config_to_dict
+from vae_attention.config import check_same_config, config_to_dict
 from vae_attention.training.config import DisentangleConfig
 from vae_attention.training.disentangle import build_models, build_optimizers, train_step
 
@@ -45,6 +45,12 @@ class MetricWindow:
     def reset(self) -> None:
         self.sums.clear()
         self.counts.clear()
+
+    def pop(self) -> dict[str, float]:
+        """The means, then a fresh window."""
+        means = self.means()
+        self.reset()
+        return means
 
     def state_dict(self) -> dict[str, Any]:
         return {"sums": dict(self.sums), "counts": dict(self.counts)}
@@ -97,9 +103,7 @@ class TrainState:
 
     def pop_window(self) -> dict[str, float]:
         """Means of the metrics since the last call (the values a report carries)."""
-        means = self.window.means()
-        self.window.reset()
-        return means
+        return self.window.pop()
 
     @torch.no_grad()
     def representation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,6 +150,7 @@ class TrainState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_same_config(state.get("config"), self.config)
         vae, disc = self.models
         vae_opt, d_opt = self.optimizers
         vae.load_state_dict(state["vae"])
