@@ -1,0 +1,119 @@
+"""Numbers of a report: per-configuration mean ± sd over seeds, seed-aligned curves, Pareto fronts.
+
+Spread is the sample standard deviation (ddof = 1) and every summary carries its n: with the two seeds of
+Table 1 an sd is a rough guide at best, and a reader must be able to see that. With n = 1 there is no sd.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from analysis.selection import GROUP
+from analysis.store import METRIC
+
+
+def mean_sd(values) -> tuple[float, float, int]:
+    """(mean, sd with ddof=1, n) of the finite values; sd is NaN below two values, mean NaN for none."""
+    array = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    n = len(array)
+    if n == 0:
+        return math.nan, math.nan, 0
+    return float(np.mean(array)), (float(np.std(array, ddof=1)) if n > 1 else math.nan), n
+
+
+def number(value: float, digits: int | None = None) -> str:
+    """A readable number: losses in nats get one decimal, scores in [0, 1] three."""
+    if value is None or not np.isfinite(value):
+        return "–"
+    if digits is not None:
+        return f"{value:.{digits}f}"
+    magnitude = abs(value)
+    return f"{value:.0f}" if magnitude >= 1000 else f"{value:.1f}" if magnitude >= 10 else f"{value:.3f}"
+
+
+def count(value) -> str:
+    """An integer-valued param (iterations, epochs) with thousands separators; ``–`` when missing."""
+    return f"{int(value):,}" if value is not None and np.isfinite(float(value)) else "–"
+
+
+def fmt(mean: float, sd: float, n: int, digits: int | None = None) -> str:
+    """``0.805 ± 0.059 (n=2)``; ``0.805 (n=1)`` without a spread; ``–`` when nothing was logged."""
+    if n == 0:
+        return "–"
+    if not np.isfinite(sd):
+        return f"{number(mean, digits)} (n={n})"
+    return f"{number(mean, digits)} ± {number(sd, digits if digits is not None else _digits_of(mean))} (n={n})"
+
+
+def _digits_of(mean: float) -> int:
+    """The sd is printed with the mean's number of decimals, so the two line up."""
+    text = number(mean)
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+def aggregate(runs: pd.DataFrame, metrics: list[str], keep: list[str], by: list[str] | None = None) -> pd.DataFrame:
+    """One row per configuration: ``keep`` params (first value), n, seeds, run ids, and for each metric
+    ``<metric>_mean``, ``<metric>_sd``, ``<metric>_n`` over the final values of its runs."""
+    by = by or GROUP
+    rows = []
+    for key, part in runs.groupby(by, dropna=False, sort=False):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
+        row.update({k: part[k].iloc[0] for k in keep if k in part and k not in row})
+        row["n"] = len(part)
+        if "seed" in part:
+            row["seeds"] = ", ".join(str(int(s)) for s in sorted(part["seed"].dropna()))
+        row["run_ids"] = list(part.sort_values("seed")["run_id"] if "seed" in part else part["run_id"])
+        for metric in metrics:
+            column = METRIC + metric
+            values = part[column].tolist() if column in part else []
+            row[f"{metric}_mean"], row[f"{metric}_sd"], row[f"{metric}_n"] = mean_sd(values)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seed_values(runs: pd.DataFrame, run_ids: list[str], metric: str) -> list[float]:
+    """The final values of ``metric`` in the given runs (for plotting seed points)."""
+    column = METRIC + metric
+    if column not in runs:
+        return []
+    values = runs.set_index("run_id").loc[run_ids, column]
+    return [float(v) for v in values if pd.notna(v)]
+
+
+def mean_curve(series: list[pd.Series]) -> pd.DataFrame:
+    """Mean and sd (ddof=1) across seeds at each step, with the n that contributed.
+
+    Steps where only some seeds logged (a trial cut short, a different cadence) still show, with their
+    smaller n; the band is drawn only where n ≥ 2.
+    """
+    series = [s for s in series if len(s)]
+    if not series:
+        return pd.DataFrame(columns=["step", "mean", "sd", "n"])
+    table = pd.concat(series, axis=1, keys=range(len(series)))
+    out = pd.DataFrame({"step": table.index.to_numpy(), "mean": table.mean(axis=1).to_numpy(),
+                        "sd": table.std(axis=1, ddof=1).to_numpy(), "n": table.count(axis=1).to_numpy()})
+    return out.sort_values("step").reset_index(drop=True)
+
+
+def pareto_front(x, y) -> np.ndarray:
+    """Mask of points not dominated when ``x`` is maximised and ``y`` minimised (NaNs are never on it)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    valid = np.isfinite(x) & np.isfinite(y)
+    front = np.zeros(len(x), dtype=bool)
+    for i in np.flatnonzero(valid):
+        others = valid & (np.arange(len(x)) != i)
+        dominated = others & (x >= x[i]) & (y <= y[i]) & ((x > x[i]) | (y < y[i]))
+        front[i] = not dominated.any()
+    return front
+
+
+def paired_differences(runs: pd.DataFrame, a: str, b: str) -> list[float]:
+    """Per-run ``a − b`` of final values, for runs that logged both (e.g. attention vs baseline AUROC)."""
+    ca, cb = METRIC + a, METRIC + b
+    if ca not in runs or cb not in runs:
+        return []
+    both = runs[[ca, cb]].dropna()
+    return (both[ca] - both[cb]).tolist()
