@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from ray import tune
 
+from vae_attention.training import load_checkpoint, run_loop
+
 # The trial's whole (flat) config sits under this key of Ray's config dict, as one grid_search value.
 PARAMS_KEY = "params"
 
@@ -43,11 +45,19 @@ def tune_report(metrics: dict[str, Any], write_checkpoint) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
-def restore_dir(load) -> bool:
-    """Call ``load(directory)`` with Tune's checkpoint of this trial, if any; True when one was loaded."""
+def run_trial(trainee, schedule, context: dict[str, str]) -> None:
+    """Restore ``trainee`` from Tune's checkpoint of this trial, if any, then run the shared loop to the end.
+
+    ``context`` (device, data source, …) rides along on every report; the MLflow callback makes it tags.
+    """
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return False
-    with checkpoint.as_directory() as directory:
-        load(Path(directory))
-    return True
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            load_checkpoint(trainee, Path(directory))
+    context = {**context, **node_context()}
+
+    def report(metrics, write):
+        tune_report({**metrics, **context}, write)
+
+    with tempfile.TemporaryDirectory(prefix="figures-") as scratch:
+        run_loop(trainee, schedule, report, Path(scratch))

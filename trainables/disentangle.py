@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from search_spaces.disentangle import split_trial
-from trainables.common import configure_torch_for_trial, node_context, restore_dir, trial_params, tune_report
+from trainables.common import configure_torch_for_trial, run_trial, trial_params
 from vae_attention.data import DSprites
-from vae_attention.training import DisentangleTrainee, TrainState, load_checkpoint, run_loop
+from vae_attention.errors import DataError
+from vae_attention.training import DisentangleTrainee, TrainState
 
 
 def disentangle_trainable(config: dict[str, Any]) -> None:
     science, loop = split_trial(trial_params(config))
     device = configure_torch_for_trial()
     dataset = DSprites(science.data_dir)
+    if science.data_dir is not None and dataset.source != "npz":  # e.g. a worker node without the file
+        raise DataError(f"{science.data_dir} has no dSprites npz on this node; the sweep was started with it")
     trainee = DisentangleTrainee(TrainState(science, dataset, device=device), loop)
-    restore_dir(lambda directory: load_checkpoint(trainee, directory))
-    context = {"device": str(device), **node_context(), "data_source": data_source_of(dataset)}
-
-    def report(metrics, write):
-        # Strings ride along on every report (cheap); the MLflow callback turns them into tags.
-        tune_report({**metrics, **context}, write)
-
-    with tempfile.TemporaryDirectory(prefix="figures-") as scratch:
-        run_loop(trainee, loop, report, Path(scratch))
+    run_trial(trainee, loop, {"device": str(device), "data_source": data_source_of(dataset)})
 
 
 def data_source_of(dataset: DSprites) -> str:

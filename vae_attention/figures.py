@@ -18,6 +18,22 @@ def _normalise(m: np.ndarray) -> np.ndarray:
     return (m - m.min()) / span if span > 0 else np.zeros_like(m)
 
 
+def _finish(fig, axes, row_labels: list[str], title: str, path: str | Path | None):
+    """Bare axes, row labels on the left, the title; saved as PNG (and closed) when ``path`` is given."""
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for row, label in enumerate(row_labels):
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    return fig
+
+
 def attention_overlay_figure(
     images: torch.Tensor,
     maps: torch.Tensor,
@@ -42,19 +58,7 @@ def attention_overlay_figure(
             ax.imshow(img, cmap="gray", vmin=0, vmax=1)
             ax.imshow(_normalise(maps[col, row].numpy()), cmap="jet", alpha=0.5, vmin=0, vmax=1)
             ax.set_title(f"z{int(dims[col, row])}", fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[0, 0].set_ylabel("input", fontsize=8)
-    for row in range(k):
-        axes[row + 1, 0].set_ylabel(f"#{row + 1} response", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-    return fig
+    return _finish(fig, axes, ["input"] + [f"#{row + 1} response" for row in range(k)], title, path)
 
 
 def anomaly_grid_figure(
@@ -93,15 +97,4 @@ def anomaly_grid_figure(
             ax.imshow(base, cmap=cmap, vmin=0, vmax=1)
             if overlay is not None:
                 ax.imshow(overlay, cmap="jet", alpha=0.5, vmin=lo, vmax=hi if hi > lo else lo + 1)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for row, name in enumerate(rows):
-        axes[row, 0].set_ylabel(name, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-    return fig
+    return _finish(fig, axes, rows, title, path)
