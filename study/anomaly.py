@@ -8,11 +8,15 @@ from typing import Any
 from search_spaces.anomaly import MVTEC_CATEGORIES, STUDIES, config_key, get_study, resolved_params, split_trial
 from study.options import add_common_options, parse_overrides, resolve_data_dir
 from study.progress import Column
+from study.search import describe, resolve_metric
 from study.sweep import CHECKPOINTS_TO_KEEP, StudyHooks, SweepPlan, checkpoint_gigabytes, make_plan, trial_table
 from vae_attention.errors import ConfigError, StudyError
 
 KIND = "anomaly"
 DEFAULT_NAME = f"{KIND}-mnist"  # what --resume continues without --name
+# ASHA needs a metric in every report (the training loss); Optuna can use the final evaluation.
+METRIC_DEFAULTS = {"asha": ("loss", "min"), "optuna": ("pixel_auroc", "max")}
+LR_RANGE = ("loguniform", 1e-5, 1e-2)
 COLUMNS = [
     Column("data", "dataset", "param", "{}", 5),
     Column("category", "category", "param", "{}", 10),
@@ -88,7 +92,28 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     for config in {split_trial(t).replace(seed=0, lr=1.0) for t in trials}:
         check_model(config)
     name = args.name or f"{KIND}-{dataset}" + ("-quick" if args.quick else "")
-    return make_plan(args, kind=KIND, study=dataset, name=name, trials=trials)
+    space = None
+    if args.scheduler == "optuna":
+        space, trials = optuna_space(trials, tuple(args.seeds or study.seeds), fixed_lr="lr" in overrides)
+        if dataset == "mnist" and args.metric is None:
+            args.metric = "image_auroc"  # MNIST has no masks, so no pixel metrics
+    if args.objective == "pareto":
+        raise ConfigError("--objective pareto is for the disentangle study (disentanglement vs reconstruction)")
+    return make_plan(args, kind=KIND, study=dataset, name=name, trials=trials, space=space)
+
+
+def optuna_space(trials: list[dict[str, Any]], seeds: tuple[int, ...], fixed_lr: bool):
+    """Optuna searches the learning rate (log-uniform) and the seed for ONE category/digit at a time."""
+    varying = sorted(k for k in trials[0] if k not in ("lr", "seed") and len({str(t[k]) for t in trials}) > 1)
+    if varying:
+        raise ConfigError(f"--scheduler optuna searches one configuration at a time, but {varying} vary; "
+                          "pass a single --category/--digit")
+    space = {k: v for k, v in trials[0].items() if k != "seed"}
+    space["seed"] = ("choice", list(seeds))
+    if not fixed_lr:
+        space["lr"] = LR_RANGE
+    corners = [{**trials[0], "lr": space["lr"][end] if not fixed_lr else trials[0]["lr"]} for end in (1, 2)]
+    return space, corners
 
 
 def resolve_data_source(plan: SweepPlan) -> str:
@@ -116,8 +141,15 @@ def dry_run(plan: SweepPlan) -> str:
 
     from vae_attention.training.anomaly_state import build_model
 
+    settings = plan.settings
+    metric, mode = resolve_metric(settings, METRIC_DEFAULTS)
+    if settings.scheduler == "optuna":
+        return "\n".join([f"sweep {plan.name!r} ({plan.study}, preset {plan.preset})",
+                           *describe(settings, metric, mode, plan.space, plan.trials[0]["epochs"], "epoch")])
     keys = ["dataset", "category", "digit", "lr", "epochs", "batch_size", "image_size", "attention", "seed"]
     lines = trial_table(plan, keys, config_key, resolved_params)
+    if settings.scheduler == "asha":
+        lines += describe(settings, metric, mode, None, plan.trials[0]["epochs"], "epoch")
     params = sum(sum(p.numel() for p in build_model(split_trial(t), torch.Generator()).parameters())
                  for t in plan.trials)
     lines.append(f"checkpoint disk ≈ {checkpoint_gigabytes(params, 1):.2f} GB ({CHECKPOINTS_TO_KEEP} kept per "
@@ -147,4 +179,5 @@ def hooks() -> StudyHooks:
     from trainables.anomaly import anomaly_trainable
 
     return StudyHooks(trainable=anomaly_trainable, trial_name=trial_name, trial_tags=trial_tags,
-                      resolved_params=resolved_params, columns=COLUMNS, total_key="epochs", step_key="epoch")
+                      resolved_params=resolved_params, columns=COLUMNS, total_key="epochs", step_key="epoch",
+                      metric_defaults=METRIC_DEFAULTS)

@@ -9,11 +9,25 @@ from typing import Any
 from search_spaces.disentangle import STUDIES, config_key, get_study, split_trial
 from study.options import add_common_options, parse_overrides, resolve_data_dir
 from study.progress import Column
+from study.search import describe, resolve_metric
 from study.sweep import CHECKPOINTS_TO_KEEP, StudyHooks, SweepPlan, checkpoint_gigabytes, make_plan, trial_table
 from vae_attention.errors import StudyError
 
 KIND = "disentangle"
 DEFAULT_NAME = f"{KIND}-exp1"  # what --resume continues without --name
+# ASHA compares trials at every rung, so its metric must be in every report; evaluations are rarer.
+METRIC_DEFAULTS = {
+    "asha": ("recon_loss", "min"),
+    "optuna": ("disentanglement", "max"),
+    "pareto": (("disentanglement", "eval_recon_loss"), ("max", "min")),
+}
+# Optuna's ranges: log-uniform around Table 1's grids (γ 5–50), the λ scan (≤ 80) and Kim & Mnih's β grid.
+RANGES = {
+    "gamma": ("loguniform", 5.0, 100.0),
+    "lambda_ad": ("loguniform", 0.1, 100.0),
+    "beta": ("loguniform", 1.0, 16.0),
+    "lr": ("loguniform", 1e-5, 1e-3),
+}
 # MLflow param names per the naming contract; the full resolved config is in config.json as well.
 COLUMNS = [
     Column("model", "model", "param", "{}", 12),
@@ -64,7 +78,35 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     for science in {split_trial(t)[0].replace(seed=0) for t in trials}:
         check_model(science)
     name = args.name or f"{KIND}-{experiment}" + ("-quick" if args.quick else "")
-    return make_plan(args, kind=KIND, study=study.name, name=name, trials=trials)
+    space = None
+    if args.scheduler == "optuna":
+        space, trials = optuna_space(trials, overrides, tuple(args.seeds or study.seeds))
+    return make_plan(args, kind=KIND, study=study.name, name=name, trials=trials, space=space)
+
+
+def optuna_space(trials: list[dict[str, Any]], overrides: dict[str, Any], seeds: tuple[int, ...]):
+    """The study's models and seeds as choices, RANGES for what the user did not fix with --set.
+
+    Returns the space and its low and high corners as trials, which are validated like grid trials.
+    """
+    models = sorted({t["model"] for t in trials})
+    first = trials[0]  # typed; carries the loop settings and every --set override
+    space: dict[str, Any] = {k: v for k, v in first.items() if k not in ("model", "gamma", "lambda_ad", "beta", "seed")}
+    space.update(model=("choice", models), seed=("choice", list(seeds)))
+    applies = {"gamma": True, "lr": True, "lambda_ad": "ad_factorvae" in models, "beta": "betavae" in models}
+    for key, spec in RANGES.items():
+        if key in overrides:
+            space[key] = first[key]
+        elif applies[key]:
+            space[key] = spec
+        else:
+            space[key] = {"lambda_ad": 0.0, "beta": 1.0}[key]
+    corners = []
+    for end in (1, 2):
+        corner = {k: (v[end] if isinstance(v, tuple) and v[0] != "choice" else v) for k, v in space.items()}
+        corner.update(model=models[-1], seed=seeds[0])
+        corners.append(_typed(corner))
+    return space, corners
 
 
 def resolved_params(trial: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +157,15 @@ def metric_images(trial: dict[str, Any]) -> int:
 
 def dry_run(plan: SweepPlan) -> str:
     keys = ["model", "gamma", "lambda_ad", "beta", "seed", "iterations", "eval_every", "checkpoint_every"]
+    settings = plan.settings
+    if settings.scheduler == "optuna":
+        metric, mode = resolve_metric(settings, METRIC_DEFAULTS)
+        return "\n".join([f"sweep {plan.name!r} ({plan.study}, preset {plan.preset})",
+                           *describe(settings, metric, mode, plan.space, plan.trials[0]["iterations"], "iteration")])
     lines = trial_table(plan, keys, config_key)
+    if settings.scheduler == "asha":
+        metric, mode = resolve_metric(settings, METRIC_DEFAULTS)
+        lines += describe(settings, metric, mode, None, plan.trials[0]["iterations"], "iteration")
     disk = sum(checkpoint_gigabytes(parameter_count(t), 1) for t in plan.trials)
     images = sum(metric_images(t) for t in plan.trials)
     lines.append(f"checkpoint disk ≈ {disk:.2f} GB ({CHECKPOINTS_TO_KEEP} kept per trial) at {plan.storage}")
@@ -143,4 +193,4 @@ def hooks() -> StudyHooks:
 
     return StudyHooks(trainable=disentangle_trainable, trial_name=trial_name, trial_tags=trial_tags,
                       resolved_params=resolved_params, columns=COLUMNS, total_key="iterations",
-                      step_key="iteration")
+                      step_key="iteration", metric_defaults=METRIC_DEFAULTS)

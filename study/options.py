@@ -49,6 +49,24 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", default=None,
                    help="resume the interrupted sweep --name (only --name, --storage, --address, --debug apply)")
 
+    g = parser.add_argument_group("scheduling (see study/search.py)")
+    g.add_argument("--scheduler", choices=("fifo", "asha", "optuna"),
+                   help="fifo (default): the study's exact grid, every trial to the end; asha: the grid under "
+                        "ASHA, which STOPS TRIALS EARLY at rungs by --metric (Ray 2.60 does not restore ASHA's "
+                        "rung state on --resume: resumed trials continue from their checkpoints with empty rungs, "
+                        "so rungs already passed are not re-judged); optuna: sample --num-samples trials from "
+                        "the study's ranges (log-uniform γ, λ, lr; seeds as a choice)")
+    g.add_argument("--metric", help="what ASHA/Optuna optimise (default: asha recon_loss or loss, reported at "
+                                    "every rung; optuna disentanglement or pixel_auroc/image_auroc)")
+    g.add_argument("--mode", choices=("min", "max"), help="minimise or maximise --metric (default: the metric's)")
+    g.add_argument("--grace-period", type=int, help="ASHA: units (iterations/epochs) before the first rung "
+                                                    "(default 1)")
+    g.add_argument("--reduction-factor", type=int, help="ASHA: keep 1/N at each rung (default 3)")
+    g.add_argument("--num-samples", type=int, help="optuna: trials to sample (default 10)")
+    g.add_argument("--objective", choices=("single", "pareto"),
+                   help="optuna: pareto = multi-objective, disentanglement up and eval_recon_loss down")
+    g.add_argument("--search-seed", type=int, help="seed of the Optuna sampler (default 0)")
+
     g = parser.add_argument_group("resources")
     g.add_argument("--cpus-per-trial", type=float, help=f"CPUs per trial = torch threads (default "
                                                           f"{DEFAULTS['cpus_per_trial']:g})")

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,16 @@ class SweepPlan:
     max_concurrent: int
     max_failures: int
     data_source: str
-    trials: list[dict[str, Any]]
+    trials: list[dict[str, Any]]  # the grid (fifo/asha); for optuna, the corners of the space, for checks
+    search: dict[str, Any] = field(default_factory=dict)  # SearchSettings fields
+    space: dict[str, Any] | None = None  # optuna: fixed values and ("loguniform", lo, hi)/("choice", [..])
     address: str | None = None
+
+    @property
+    def settings(self):
+        from study.search import SearchSettings
+
+        return SearchSettings(**self.search)
 
     @property
     def path(self) -> str:
@@ -51,7 +59,8 @@ class SweepPlan:
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
 
 
-def make_plan(args, *, kind: str, study: str, name: str, trials: list[dict[str, Any]]) -> SweepPlan:
+def make_plan(args, *, kind: str, study: str, name: str, trials: list[dict[str, Any]],
+              space: dict[str, Any] | None = None) -> SweepPlan:
     """A plan from parsed options (defaults applied); storage, tracking URI and resources are checked here."""
     from study.options import check_resources, resolve_storage, resolve_tracking_uri
 
@@ -61,8 +70,20 @@ def make_plan(args, *, kind: str, study: str, name: str, trials: list[dict[str, 
         storage=resolve_storage(args.storage), tracking_uri=resolve_tracking_uri(args.tracking_uri),
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-        data_source="unresolved", trials=trials, address=args.address,
+        data_source="unresolved", trials=trials, search=dataclasses.asdict(search_settings(args)), space=space,
+        address=args.address,
     )
+
+
+def search_settings(args):
+    from study.search import SearchSettings
+
+    given = {k: getattr(args, a) for k, a in (("scheduler", "scheduler"), ("metric", "metric"), ("mode", "mode"),
+                                              ("grace_period", "grace_period"),
+                                              ("reduction_factor", "reduction_factor"),
+                                              ("num_samples", "num_samples"), ("objective", "objective"),
+                                              ("seed", "search_seed")) if getattr(args, a, None) is not None}
+    return SearchSettings(**given)
 
 
 def trial_table(plan: SweepPlan, keys: list[str], key_of: Callable[[dict], str],
@@ -201,6 +222,7 @@ class StudyHooks:
     columns: list
     total_key: str  # "iterations" | "epochs": the trial param that says when it is done
     step_key: str  # "iteration" | "epoch": the progress field of every report = the MLflow step
+    metric_defaults: dict  # {"asha": (metric, mode), "optuna": (metric, mode), "pareto": ((m1, m2), (mode1, mode2))}
 
 
 def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict[str, str]) -> int:
@@ -208,9 +230,14 @@ def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict
     from ray import tune
 
     from study.progress import ProgressTable
+    from study.search import resolve_metric, tune_setup
     from study.tracking import MLflowTrialLogger
     from trainables.common import PARAMS_KEY
 
+    if plan.search.get("scheduler") == "optuna":
+        # Optuna's objective (an evaluation metric) is reported at evaluations only, not in every report;
+        # the searcher reads the trial's final result, so Tune's per-report presence check must be off.
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     connect_ray(plan.address)
     trainable = tune.with_resources(hooks.trainable, plan.resources)
     if resume:
@@ -223,13 +250,18 @@ def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict
                               hooks.step_key),
             ProgressTable(hooks.columns, hooks.total_key, hooks.step_key),
         ]
+        settings = plan.settings
+        metric, mode = resolve_metric(settings, hooks.metric_defaults)
+        param_space, tune_kwargs = tune_setup(
+            settings, metric, mode, trials=plan.trials, space=plan.space, total=plan.trials[0][hooks.total_key],
+            time_attr=hooks.step_key, max_concurrent=plan.max_concurrent, params_key=PARAMS_KEY)
         tuner = tune.Tuner(
             trainable,
-            param_space={PARAMS_KEY: tune.grid_search(plan.trials)},
+            param_space=param_space,
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=plan.max_concurrent or None,
                 trial_name_creator=hooks.trial_name,
                 trial_dirname_creator=hooks.trial_name,
+                **tune_kwargs,
             ),
             run_config=tune.RunConfig(
                 name=plan.name,
@@ -240,15 +272,18 @@ def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict
                 verbose=0,
             ),
         )
-    print(f"sweep {plan.name!r}: {len(plan.trials)} trials; MLflow: {plan.tracking_uri}; Ray state: {plan.path}")
+    count = plan.search.get("num_samples") if plan.search.get("scheduler") == "optuna" else len(plan.trials)
+    print(f"sweep {plan.name!r}: {count} trials ({plan.search.get('scheduler', 'fifo')}); MLflow: "
+          f"{plan.tracking_uri}; Ray state: {plan.path}")
     results = tuner.fit()
-    return summarise(results, hooks.total_key, hooks.step_key)
+    return summarise(results, hooks.total_key, hooks.step_key, stopped_early_ok=plan.settings.scheduler == "asha")
 
 
-def summarise(results, total_key: str, step_key: str) -> int:
+def summarise(results, total_key: str, step_key: str, stopped_early_ok: bool = False) -> int:
+    """Print what happened; 0 only if every trial finished (or, under ASHA, was stopped early on purpose)."""
     from trainables.common import PARAMS_KEY
 
-    failed, unfinished, finished = [], [], 0
+    failed, unfinished, finished, stopped = [], [], 0, 0
     for result in results:
         params = (result.config or {}).get(PARAMS_KEY, {})
         reached = (result.metrics or {}).get(step_key)
@@ -256,13 +291,15 @@ def summarise(results, total_key: str, step_key: str) -> int:
         if result.error is not None:
             message = str(result.error).strip().splitlines()
             failed.append(f"{label}: {message[-1] if message else type(result.error).__name__}")
+        elif reached != params.get(total_key) and stopped_early_ok and reached is not None:
+            stopped += 1
         elif reached != params.get(total_key):
             unfinished.append(f"{label}: {step_key} {reached} of {params.get(total_key)}")
         else:
             finished += 1
-    print(f"{finished} of {len(results)} trials finished")
+    print(f"{finished} of {len(results)} trials finished" + (f", {stopped} stopped early by ASHA" if stopped else ""))
     for line in failed:
         print(f"FAILED {line}")
     for line in unfinished:
         print(f"UNFINISHED {line}")
-    return 0 if finished == len(results) else 1
+    return 0 if finished + stopped == len(results) else 1

@@ -25,16 +25,20 @@ from trainables.common import PARAMS_KEY
 # Everything Tune adds to a result, plus what is not a metric of ours.
 _NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
 # Strings a trainable reports that become run tags (first value wins).
-RESULT_TAGS = ("device", "data_source", "node_id")
+RESULT_TAGS = ("device", "data_source", "node_id", "gpus_per_trial", "device_fallback")
 # MLflow's log_batch limits: 1000 metrics, 100 params, 100 tags per call.
 _PARAM_BATCH = 100
+
+
+# MLflow 3's UI opens experiments without this tag in its GenAI overview; ours are model-training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name)
+    return client.create_experiment(name, tags=EXPERIMENT_KIND)
 
 
 def find_trial_runs(client: MlflowClient, experiment_id: str, trial_id: str | None = None) -> list:

@@ -11,9 +11,9 @@ from vae_attention.training import AnomalyState
 
 def anomaly_trainable(config: dict[str, Any]) -> None:
     anomaly = split_trial(trial_params(config))
-    device = configure_torch_for_trial()
+    device, device_tags = configure_torch_for_trial()
     state = AnomalyState(anomaly, device=device)
-    run_trial(state, anomaly, {"device": str(device), "data_source": data_source_of(anomaly)})
+    run_trial(state, anomaly, {"device": str(device), **device_tags, "data_source": data_source_of(anomaly)})
 
 
 def data_source_of(config) -> str:

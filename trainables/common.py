@@ -19,13 +19,21 @@ def trial_params(config: dict[str, Any]) -> dict[str, Any]:
     return dict(config[PARAMS_KEY])
 
 
-def configure_torch_for_trial() -> torch.device:
-    """Torch threads = the trial's CPUs; CUDA when Ray gave the trial a GPU (it sets CUDA_VISIBLE_DEVICES)."""
+def configure_torch_for_trial() -> tuple[torch.device, dict[str, str]]:
+    """Torch threads = the trial's CPUs; CUDA when Ray gave the trial a GPU (it sets CUDA_VISIBLE_DEVICES).
+
+    Returns the device and tags for the run: a trial given a GPU share on a node where CUDA is absent (or
+    a cluster that declares GPUs it lacks) falls back to the CPU and says so.
+    """
     resources = tune.get_context().get_trial_resources().required_resources
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
-    if resources.get("GPU", 0) > 0 and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+    gpus = resources.get("GPU", 0)
+    if gpus > 0 and torch.cuda.is_available():
+        return torch.device("cuda"), {"gpus_per_trial": f"{gpus:g}"}
+    if gpus > 0:
+        return torch.device("cpu"), {"gpus_per_trial": f"{gpus:g}",
+                                     "device_fallback": "GPU share granted but CUDA is unavailable: ran on CPU"}
+    return torch.device("cpu"), {}
 
 
 def node_context() -> dict[str, str]:
