@@ -97,7 +97,8 @@ def tune_setup(settings: SearchSettings, metric, mode, *, trials: list[dict], sp
 
     kwargs: dict[str, Any] = {"max_concurrent_trials": max_concurrent or None}
     if settings.scheduler == "optuna":
-        param_space = {params_key: {k: (_domain(v) if isinstance(v, tuple) else v) for k, v in space.items()}}
+        # sorted: the sampler draws parameters in this order, so a saved and reloaded space samples the same
+        param_space = {params_key: {k: (_domain(v) if isinstance(v, tuple) else v) for k, v in sorted(space.items())}}
         kwargs.update(search_alg=evaluation_optuna_search(metric=metric, mode=mode, seed=settings.seed),
                       num_samples=settings.num_samples)
         return param_space, kwargs

@@ -23,6 +23,7 @@ import pyarrow.fs
 from vae_attention.errors import StudyError
 
 SWEEP_FILE = "sweep.json"
+RANGE_KINDS = ("loguniform", "uniform", "choice")  # the first item of a search-space range spec
 CHECKPOINTS_TO_KEEP = 2  # a FactorVAE checkpoint with Adam state is ~66 MB; 50 trials × all would fill a disk
 
 
@@ -131,6 +132,9 @@ def load_plan(storage: str, name: str) -> SweepPlan:
             data = json.loads(stream.read())
     except (FileNotFoundError, OSError):
         raise StudyError(f"nothing to resume: {path} has no {SWEEP_FILE} (was the sweep started here?)") from None
+    if data.get("space"):  # JSON turned the ("loguniform", lo, hi) range specs into lists
+        data["space"] = {k: tuple(v) if isinstance(v, list) and v and v[0] in RANGE_KINDS else v
+                         for k, v in data["space"].items()}
     return SweepPlan(**data)
 
 
@@ -281,16 +285,17 @@ def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict
 
 def summarise(results, total_key: str, step_key: str, stopped_early_ok: bool = False) -> int:
     """Print what happened; 0 only if every trial finished (or, under ASHA, was stopped early on purpose)."""
+    from study.tracking import error_reason
     from trainables.common import PARAMS_KEY
 
     failed, unfinished, finished, stopped = [], [], 0, 0
     for result in results:
         params = (result.config or {}).get(PARAMS_KEY, {})
         reached = (result.metrics or {}).get(step_key)
-        label = (result.metrics or {}).get("trial_id", "?")
-        if result.error is not None:
-            message = str(result.error).strip().splitlines()
-            failed.append(f"{label}: {message[-1] if message else type(result.error).__name__}")
+        # the trial's folder name (model, γ/λ/β, seed, trial id) names it; trial_id alone does not
+        label = Path(result.path).name if result.path else (result.metrics or {}).get("trial_id", "?")
+        if result.error is not None:  # Ray's error is a traceback; print the one-line reason
+            failed.append(f"{label}: {error_reason(result.error)}")
         elif reached != params.get(total_key) and stopped_early_ok and reached is not None:
             stopped += 1
         elif reached != params.get(total_key):

@@ -15,12 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray.cloudpickle as cloudpickle  # what Ray pickles trial errors with
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from trainables.common import PARAMS_KEY
+from vae_attention import errors
+from vae_attention.errors import StudyError
 
 # Everything Tune adds to a result, plus what is not a metric of ours.
 _NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
@@ -170,16 +173,62 @@ class MLflowTrialLogger(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_id(trial)
         reason = _error_line(trial)
-        self.client.set_tag(run_id, "error", reason[:5000])
+        self.client.set_tag(run_id, "error", reason)
         self.client.set_terminated(run_id, "FAILED")
 
 
-def _error_line(trial) -> str:
-    """The last line of the trial's error file (the exception message), else a generic reason."""
-    path = getattr(trial, "error_file", None) or ""
-    try:
-        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
-        return lines[-1] if lines else "trial errored"
-    except OSError:
+ERROR_TAG_CHARS = 500  # the reason is one line; a runaway message must not bloat every run listing
+
+
+def error_reason(error) -> str:
+    """One line saying why a trial failed, from what Ray kept of its error (also the sweep summary's line).
+
+    Ray keeps a ``RayTaskError`` whose ``cause`` is the trainable's exception, a ``RayActorError`` when the
+    worker process died, or, when nothing could be pickled, the text of ``error.txt``: Ray's traceback of
+    each failure, whose last line is ``module.Type: message``. A ``StudyError`` message is the reason as
+    it stands (one line by contract); any other exception is ``Type: first line of its message``.
+    """
+    if error is None:
         return "trial errored"
+    if isinstance(error, BaseException):
+        cause = getattr(error, "cause", None)  # RayTaskError: the trainable's own exception
+        error = cause if isinstance(cause, BaseException) else error
+        lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+        name = type(error).__name__
+        if isinstance(error, StudyError) and lines:
+            reason = lines[0]
+        else:
+            reason = f"{name}: {lines[0]}" if lines else name
+    else:
+        lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+        reason = lines[-1] if lines else "trial errored"
+        qualified, sep, message = reason.partition(": ")
+        if sep and qualified.replace(".", "").replace("_", "").isalnum():  # "pkg.module.Type: message"
+            name = qualified.rpartition(".")[2]
+            known = getattr(errors, name, None)
+            is_study_error = isinstance(known, type) and issubclass(known, StudyError)
+            reason = message if is_study_error else f"{name}: {message}"
+    return reason[:ERROR_TAG_CHARS]
+
+
+def _error_line(trial) -> str:
+    """Why ``trial`` failed, in one line (see ``error_reason``), else a generic reason.
+
+    Read from the driver's copy of the trial's error files (``Trial.handle_error`` has just written
+    them, before the callbacks run; the copy in storage may not be synced yet).
+    """
+    error = None
+    pickled = getattr(trial, "pickled_error_file", None)
+    if pickled:
+        try:
+            with open(pickled, "rb") as stream:
+                error = cloudpickle.load(stream)
+        except Exception:  # missing, truncated (full disk) or unpicklable here: fall back to the text
+            error = None
+    if error is None:
+        try:
+            error = Path(getattr(trial, "error_file", None) or "").read_text()
+        except OSError:
+            return "trial errored"
+    return error_reason(error)
 

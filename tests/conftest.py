@@ -132,7 +132,11 @@ def _read(path) -> str:
 
 @pytest.fixture(scope="session")
 def ray_address():
-    """One local Ray head (2 CPUs, no dashboard, token auth off) for every CLI test, via --address."""
+    """One local Ray head (2 CPUs, 1 declared GPU, no dashboard, token auth off) for every CLI test.
+
+    The GPU is only declared (this machine has none): Ray packs fractional-GPU trials by it, and the
+    trainable falls back to the CPU and tags the run, which is what the packing test checks.
+    """
     port = _free_port()
     # A private temp dir keeps this head out of /tmp/ray/ray_current_cluster, which would otherwise point
     # later `study.run` invocations on this machine at a cluster that no longer exists. Short: socket paths
@@ -140,7 +144,7 @@ def ray_address():
     temp_dir = tempfile.mkdtemp(prefix="ray-tests-", dir="/tmp")
     head = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}", "--num-cpus=2",
-         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}", "--block"],
+         "--num-gpus=1", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}", "--block"],
         env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     address = f"127.0.0.1:{port}"
