@@ -20,6 +20,8 @@ import pytest
 from conftest import TINY_SWEEP, _free_port, cli_env, run_cli
 from mlflow import MlflowClient
 
+pytestmark = pytest.mark.cluster
+
 RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
 START_TIMEOUT_S = 120
 NODES_SCRIPT = """
