@@ -15,3 +15,11 @@ class DataError(StudyError):
 
 class ConfigError(StudyError):
     """A configuration value or key is invalid."""
+
+
+class TrainingDiverged(StudyError):
+    """A loss became NaN or infinite: the run cannot recover, so it stops before reporting or checkpointing.
+
+    Raised by the training loop after a report window; the message names the metric, its value, the step
+    and a hint. On CPU a retry from the last checkpoint diverges again at the same step (resume is exact).
+    """

@@ -31,6 +31,9 @@ def test_quick_sweep_logs_one_finished_run_per_trial(quick_sweep):
     client, runs = _runs(quick_sweep)
     assert len(runs) == 2
     assert len({r.data.tags["trial_id"] for r in runs}) == 2
+    # opens on MLflow 3's runs table, not its GenAI overview
+    experiment = client.get_experiment_by_name(quick_sweep["name"])
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert {r.data.params["model"] for r in runs} == {"factorvae", "ad_factorvae"}
     for run in runs:
         assert run.info.status == "FINISHED"

@@ -14,6 +14,7 @@ A checkpoint directory holds ``state.pt`` (everything to continue bit-identicall
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -22,12 +23,15 @@ from typing import Any, Protocol
 
 import torch
 
-from vae_attention.errors import ConfigError, StudyError
+from vae_attention.errors import ConfigError, StudyError, TrainingDiverged
 
 STATE_FILE = "state.pt"
 WEIGHTS_FILE = "vae.pt"
 METRICS_FILE = "metrics.json"
 FIGURES_DIR = "figures"
+# Window means checked after every report: a non-finite one means the run diverged (each trainee reports
+# some of these: anomaly models `loss`/`recon_loss`/`kld`, disentanglement models the rest).
+LOSS_KEYS = ("loss", "recon_loss", "kld", "vae_loss", "d_loss", "tc", "ad_loss")
 
 WriteCheckpoint = Callable[[Path], None]
 Report = Callable[[dict[str, Any], "WriteCheckpoint | None"], None]
@@ -72,6 +76,15 @@ def check_cadences(schedule, total_name: str) -> None:
                               f"{schedule.report_every} (set it with --set report_every=N)")
 
 
+def check_finite(metrics: dict[str, Any], step_key: str, step: int) -> None:
+    """Raise ``TrainingDiverged`` naming the first loss in ``metrics`` that is NaN or infinite."""
+    for name in LOSS_KEYS:
+        value = metrics.get(name)
+        if value is not None and not math.isfinite(value):
+            raise TrainingDiverged(f"training diverged: {name} = {value} is not finite at {step_key} {step}; "
+                                   "lower lr (or gamma/lambda_ad) and start a new sweep")
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -107,6 +120,9 @@ def run_loop(trainee: Trainee, schedule: Schedule, report: Report, scratch_dir: 
         if done % schedule.report_every and not final:
             continue
         metrics: dict[str, Any] = trainee.pop_window()
+        # Before evaluating, reporting or checkpointing: a diverged run must not leave a NaN checkpoint
+        # (a retry would resume from it) nor NaN points in its curves.
+        check_finite(metrics, key, done)
         metrics[key] = done
         metrics[f"{key}s_per_s"] = units / seconds  # training only: evaluation time is not counted
         seconds, units = 0.0, 0
