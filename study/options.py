@@ -136,10 +136,13 @@ def resolve_storage(storage: str) -> str:
     if re.match(r"^[a-z][a-z0-9+.-]*://", storage):
         return storage
     path = Path(storage).expanduser().resolve()
-    parent = path if path.exists() else path.parent
-    if not parent.exists():
-        raise StudyError(f"--storage {path}: parent folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    # as root, os.access says yes to anything; what cannot hold folders is a file on the way
+    if not existing.is_dir():
+        raise StudyError(f"--storage {path}: {existing} is a file, not a folder")
+    if existing != path and existing != path.parent:
+        raise StudyError(f"--storage {path}: parent folder {path.parent} does not exist")
+    if not os.access(existing, os.W_OK):
         raise StudyError(f"--storage {path} is not writable")
     return str(path)
 

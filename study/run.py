@@ -44,7 +44,7 @@ def sweep_tags(plan) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from study.sweep import launch, load_plan, sweep_exists
+    from study.sweep import discard_orphan_runs, launch, load_plan, ray_state_saved, sweep_exists
 
     module = STUDIES[args.handler]
     if args.resume:
@@ -52,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
         resolved = with_defaults(args)
         plan = load_plan(resolve_storage(resolved.storage), args.name or module.DEFAULT_NAME)
         plan.address = args.address
+        if not ray_state_saved(plan.path):
+            # stopped before Ray saved any state: no trial has progress to keep, so start the plan afresh
+            print(f"sweep {plan.name!r} stopped before Ray saved its state: starting it from the beginning")
+            discard_orphan_runs(plan)
+            return launch(plan, module.hooks(), resume=False, sweep_tags=sweep_tags(plan))
         return launch(plan, module.hooks(), resume=True, sweep_tags={})
 
     args = with_defaults(args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -138,13 +139,21 @@ def load_plan(storage: str, name: str) -> SweepPlan:
     return SweepPlan(**data)
 
 
+def ray_state_saved(path: str) -> bool:
+    """Whether Ray has written the sweep's experiment state (it does so at start, then every ~10 s)."""
+    fs, root = _fs(path)
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return False
+    return any(Path(e.path).name.startswith("experiment_state-") for e in entries)
+
+
 def sweep_exists(plan: SweepPlan) -> str | None:
     """Why ``plan.name`` is taken (Ray state in storage, or trial runs in MLflow), or None."""
-    from ray import tune
-
     from study.tracking import find_trial_runs
 
-    if tune.Tuner.can_restore(plan.path):
+    if ray_state_saved(plan.path):
         return f"{plan.path} holds its Ray state"
     from mlflow import MlflowClient
 
@@ -153,6 +162,18 @@ def sweep_exists(plan: SweepPlan) -> str | None:
     if experiment is not None and find_trial_runs(client, experiment.experiment_id):
         return f"MLflow experiment {plan.name!r} at {plan.tracking_uri} has trial runs"
     return None
+
+
+def discard_orphan_runs(plan: SweepPlan) -> None:
+    """Delete trial runs of a start that Ray never recorded: their trials run again under new ids."""
+    from mlflow import MlflowClient
+
+    from study.tracking import find_trial_runs
+
+    client = MlflowClient(plan.tracking_uri)
+    experiment = client.get_experiment_by_name(plan.name)
+    for run in find_trial_runs(client, experiment.experiment_id) if experiment else []:
+        client.delete_run(run.info.run_id)  # soft delete: still visible under MLflow's deleted runs
 
 
 def git_commit() -> str:
@@ -279,8 +300,25 @@ def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict
     count = plan.search.get("num_samples") if plan.search.get("scheduler") == "optuna" else len(plan.trials)
     print(f"sweep {plan.name!r}: {count} trials ({plan.search.get('scheduler', 'fifo')}); MLflow: "
           f"{plan.tracking_uri}; Ray state: {plan.path}")
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    except (OSError, EOFError) as err:  # e.g. a full disk under --storage while Ray saves its state
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StudyError(f"the sweep stopped: {type(err).__name__}: {reason}{_free_space_note(plan.path)}; "
+                         f"finished trials and checkpoints are kept under {plan.path}: fix the cause, then "
+                         "--resume") from None
     return summarise(results, hooks.total_key, hooks.step_key, stopped_early_ok=plan.settings.scheduler == "asha")
+
+
+def _free_space_note(path: str) -> str:
+    """For a local storage path, the free space left there (a full disk is the usual cause of I/O errors)."""
+    if "://" in path:
+        return ""
+    existing = next((p for p in (Path(path), *Path(path).parents) if p.exists()), None)
+    if existing is None:
+        return ""
+    free = shutil.disk_usage(existing).free
+    return f" (free space under --storage: {free / 2**20:.1f} MiB)"
 
 
 def summarise(results, total_key: str, step_key: str, stopped_early_ok: bool = False) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -144,5 +145,7 @@ def load_checkpoint(trainee: Trainee, directory: Path) -> None:
         trainee.load(path)
     except FileNotFoundError:
         raise StudyError(f"checkpoint {directory} has no {STATE_FILE}; it is not a checkpoint of this study") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+    # A torn zip gives RuntimeError/EOFError; bytes that are no torch archive at all reach the weights-only
+    # unpickler, which raises UnpicklingError (not a subclass of any of the others).
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as err:
         raise StudyError(f"checkpoint {path} is unreadable ({type(err).__name__}); delete it to fall back") from None
