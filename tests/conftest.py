@@ -85,7 +85,7 @@ TINY_SWEEP = [
 ]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -105,22 +105,52 @@ def run_cli(args, cwd, timeout=300, check=False):
     return proc
 
 
-def kill_after_first_checkpoint(args, cwd, experiment_dir, timeout=240):
-    """Start ``study.run ARGS``; SIGKILL its process group once Ray's experiment state lists a checkpoint."""
-    driver = subprocess.Popen([sys.executable, "-m", "study.run", *map(str, args)], cwd=cwd, env=cli_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+POLL_S = 0.02  # fast enough to catch a 66 MB checkpoint copy in progress
+
+
+def start_cli(args, cwd, log_name="driver"):
+    """``python -m study.run ARGS`` in its own session (so its whole group can be killed); output to files."""
+    cwd = Path(cwd)
+    out = open(cwd / f"{log_name}.out", "a")  # the caller closes proc.logs once the process has ended
+    err = open(cwd / f"{log_name}.err", "a")
+    proc = subprocess.Popen([sys.executable, "-m", "study.run", *map(str, args)], cwd=cwd, env=cli_env(),
+                            stdout=out, stderr=err, start_new_session=True)
+    proc.logs = (out, err)
+    return proc
+
+
+def kill_when(args, cwd, condition, timeout=180, log_name="driver"):
+    """Start the driver, SIGKILL its process group as soon as ``condition()`` is truthy; return that value.
+
+    The trial workers belong to the shared Ray head, not to the driver's group: Ray ends them when their
+    driver dies, whatever they were doing (training, or copying a checkpoint into storage).
+    """
+    proc = start_cli(args, cwd, log_name)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert driver.poll() is None, "the sweep ended before it could be interrupted"
-            states = list(Path(experiment_dir).glob("experiment_state-*.json"))
-            if any("checkpoint_0000" in _read(state) for state in states):
-                return
-            time.sleep(0.2)
-        raise AssertionError("no checkpoint appeared in the experiment state")
+            hit = condition()
+            if hit:
+                return hit
+            if proc.poll() is not None:
+                raise AssertionError(f"the driver ended (exit {proc.returncode}) before it could be killed; "
+                                     f"see {cwd}/{log_name}.err")
+            time.sleep(POLL_S)
+        raise AssertionError(f"condition never held within {timeout} s")
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for stream in proc.logs:
+            stream.close()
+
+
+def kill_after_first_checkpoint(args, cwd, experiment_dir, timeout=240):
+    """Start ``study.run ARGS``; SIGKILL its process group once Ray's experiment state lists a checkpoint."""
+    def checkpoint_in_state() -> bool:
+        return any("checkpoint_0000" in _read(state) for state in Path(experiment_dir).glob("experiment_state-*.json"))
+
+    kill_when(args, cwd, checkpoint_in_state, timeout=timeout)
 
 
 def _read(path) -> str:
@@ -137,7 +167,7 @@ def ray_address():
     The GPU is only declared (this machine has none): Ray packs fractional-GPU trials by it, and the
     trainable falls back to the CPU and tags the run, which is what the packing test checks.
     """
-    port = _free_port()
+    port = free_port()
     # A private temp dir keeps this head out of /tmp/ray/ray_current_cluster, which would otherwise point
     # later `study.run` invocations on this machine at a cluster that no longer exists. Short: socket paths
     # under it must stay below ~107 characters.

@@ -17,7 +17,7 @@ import tempfile
 import time
 
 import pytest
-from conftest import TINY_SWEEP, _free_port, cli_env, run_cli
+from conftest import TINY_SWEEP, cli_env, free_port, run_cli
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.cluster
@@ -70,7 +70,7 @@ def two_node_cluster(tmp_path):
     Teardown SIGKILLs exactly these two process groups (raylet, GCS, workers live in them) and removes their
     temp dir; never ``ray stop``, which would kill every Ray cluster on the machine, other tests' included.
     """
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     # Short, private temp dirs: socket paths under them must stay below ~107 characters, and a private dir
     # keeps /tmp/ray/ray_current_cluster from pointing at this short-lived cluster.

@@ -8,62 +8,19 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import re
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from contextlib import closing
 from pathlib import Path
 
 import torch
-from conftest import TINY_SWEEP, cli_env
+from conftest import TINY_SWEEP, kill_when, start_cli  # noqa: F401  (re-exported for the fault tests)
 from mlflow import MlflowClient
-
-POLL_S = 0.02  # fast enough to catch a 66 MB checkpoint copy in progress
 
 # TINY_SWEEP with the default discriminator (6 × 1000 units): a checkpoint with Adam state is ~66 MB, so
 # copying it into storage takes long enough to be interrupted, as a full-size sweep's would be.
 BIG_CHECKPOINTS = [*TINY_SWEEP, "--set", "d_hidden_units=1000", "--set", "d_hidden_layers=6"]
-
-
-def start_cli(args, cwd, log_name="driver"):
-    """``python -m study.run ARGS`` in its own session (so its whole group can be killed); output to files."""
-    cwd = Path(cwd)
-    out = open(cwd / f"{log_name}.out", "a")  # the caller closes proc.logs once the process has ended
-    err = open(cwd / f"{log_name}.err", "a")
-    proc = subprocess.Popen([sys.executable, "-m", "study.run", *map(str, args)], cwd=cwd, env=cli_env(),
-                            stdout=out, stderr=err, start_new_session=True)
-    proc.logs = (out, err)
-    return proc
-
-
-def kill_when(args, cwd, condition, timeout=180, log_name="driver"):
-    """Start the driver, SIGKILL its process group as soon as ``condition()`` is truthy; return that value.
-
-    The trial workers belong to the shared Ray head, not to the driver's group: Ray ends them when their
-    driver dies, whatever they were doing (training, or copying a checkpoint into storage).
-    """
-    proc = start_cli(args, cwd, log_name)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            hit = condition()
-            if hit:
-                return hit
-            if proc.poll() is not None:
-                raise AssertionError(f"the driver ended (exit {proc.returncode}) before it could be killed; "
-                                     f"see {cwd}/{log_name}.err")
-            time.sleep(POLL_S)
-        raise AssertionError(f"condition never held within {timeout} s")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        for stream in proc.logs:
-            stream.close()
 
 
 def newest_experiment_state(experiment_dir) -> dict | None:

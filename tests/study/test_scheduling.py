@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from conftest import TINY_SWEEP, cli_env, kill_after_first_checkpoint, run_cli
+from conftest import TINY_SWEEP, cli_env, free_port, kill_after_first_checkpoint, run_cli
 from mlflow import MlflowClient
 
 from study.run import main
@@ -76,14 +76,8 @@ def test_fractional_gpus_pack_two_trials_on_one_gpu(ray_address, tmp_path):
         assert "CUDA is unavailable" in run.data.tags["device_fallback"]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tracking_server_receives_runs_metrics_and_artifacts(ray_address, tmp_path):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
@@ -119,7 +113,7 @@ def test_unreachable_tracking_server_fails_fast_in_one_line(capsys, tmp_path, mo
 
     monkeypatch.chdir(tmp_path)
     start = time.monotonic()
-    code = main(["disentangle", "--quick", "--tracking-uri", f"http://127.0.0.1:{_free_port()}"])
+    code = main(["disentangle", "--quick", "--tracking-uri", f"http://127.0.0.1:{free_port()}"])
     elapsed = time.monotonic() - start
     err = capsys.readouterr().err
     assert code == 2 and elapsed < 10
