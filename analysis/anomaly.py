@@ -14,7 +14,7 @@ import pandas as pd
 from analysis import plotting, reference
 from analysis.document import FigureItem, Section, TableItem
 from analysis.selection import describe
-from analysis.stats import aggregate, count, fmt, mean_curve, mean_sd, number, paired_differences
+from analysis.stats import aggregate, count, fmt, mean_curve, mean_sd, metric_stat, number, paired_differences
 from analysis.store import METRIC, latest_figure
 
 KEEP = ["dataset", "category", "digit", "lr", "epochs", "attention", "attention_layer", "sweep"]
@@ -23,10 +23,6 @@ NAMES = {"mvtec": "MVTec-AD", "ucsd": "UCSD Ped1", "mnist": "MNIST (one-class)"}
 MVTEC_METRICS = {"pixel_auroc": "pixel AUROC", "best_iou": "best IoU"}
 EXPECTED = ["pixel_auroc", "best_iou", "pixel_auroc_no_good", "best_iou_no_good", "baseline_pixel_auroc",
             "baseline_best_iou", "image_auroc", "baseline_image_auroc"]
-
-
-def _stat(row, metric: str) -> tuple[float, float, int]:
-    return row[f"{metric}_mean"], row[f"{metric}_sd"], int(row[f"{metric}_n"])
 
 
 def _delta(value: float) -> str:
@@ -121,7 +117,7 @@ def ucsd_table(configs: pd.DataFrame, runs: pd.DataFrame, layers: list[str]) -> 
     for metric, title in columns.items():
         for stat in ("mean", "sd", "n"):
             data[f"{metric}_{stat}"] = configs[f"{metric}_{stat}"]
-        display[title] = [fmt(*_stat(r, metric)) for _, r in configs.iterrows()]
+        display[title] = [fmt(*metric_stat(r, metric)) for _, r in configs.iterrows()]
     diffs = [mean_sd(paired_differences(runs[runs["run_id"].isin(ids)], "pixel_auroc", "baseline_pixel_auroc"))
              for ids in configs["run_ids"]]
     data["delta_baseline_mean"], data["delta_baseline_sd"], data["delta_baseline_n"] = zip(*diffs, strict=True)
@@ -170,8 +166,8 @@ def mnist_table(configs: pd.DataFrame, runs: pd.DataFrame) -> TableItem:
     data["delta_mean"], data["delta_sd"], data["delta_n"] = zip(*diffs, strict=True)
     display = pd.DataFrame({
         "inlier digit": configs["digit"].map(count), "setting": [_setting(r) for _, r in configs.iterrows()],
-        "image AUROC (attention)": [fmt(*_stat(r, "image_auroc")) for _, r in configs.iterrows()],
-        "image AUROC (recon baseline)": [fmt(*_stat(r, "baseline_image_auroc")) for _, r in configs.iterrows()],
+        "image AUROC (attention)": [fmt(*metric_stat(r, "image_auroc")) for _, r in configs.iterrows()],
+        "image AUROC (recon baseline)": [fmt(*metric_stat(r, "baseline_image_auroc")) for _, r in configs.iterrows()],
         "Δ attention − baseline (paired)": [fmt(*d) for d in diffs]})
     text = ("Inlier vs outlier digits scored by mean attention (and by mean reconstruction error), mean ± sd "
             "over seeds (n). The paper and the seed report show MNIST only qualitatively (seed Figure 1).")

@@ -14,7 +14,7 @@ import pandas as pd
 from analysis import plotting, reference
 from analysis.document import FigureItem, Section, TableItem
 from analysis.selection import GROUP, describe
-from analysis.stats import aggregate, count, fmt, mean_curve
+from analysis.stats import aggregate, count, fmt, mean_curve, metric_stat
 from analysis.store import METRIC, latest_figure
 
 MODEL_ORDER = ["factorvae", "ad_factorvae", "betavae"]
@@ -82,12 +82,12 @@ def config_table(configs: pd.DataFrame) -> TableItem:
         "iterations": configs["iterations"].map(count),
         "preset": configs["preset"],
         "seeds": configs["seeds"],
-        "disentanglement (dlib)": [fmt(*_stat(r, "disentanglement")) for _, r in configs.iterrows()],
-        "disentanglement (seed variant)": [fmt(*_stat(r, "disentanglement_seed")) for _, r in configs.iterrows()],
-        "eval recon (nats)": [fmt(*_stat(r, "eval_recon_loss")) for _, r in configs.iterrows()],
-        "train recon (nats)": [fmt(*_stat(r, "recon_loss")) for _, r in configs.iterrows()],
-        "TC estimate (nats)": [fmt(*_stat(r, "tc"), digits=3) for _, r in configs.iterrows()],
-        "L_AD": [fmt(*_stat(r, "ad_loss"), digits=3) for _, r in configs.iterrows()],
+        "disentanglement (dlib)": [fmt(*metric_stat(r, "disentanglement")) for _, r in configs.iterrows()],
+        "disentanglement (seed variant)": [fmt(*metric_stat(r, "disentanglement_seed")) for _, r in configs.iterrows()],
+        "eval recon (nats)": [fmt(*metric_stat(r, "eval_recon_loss")) for _, r in configs.iterrows()],
+        "train recon (nats)": [fmt(*metric_stat(r, "recon_loss")) for _, r in configs.iterrows()],
+        "TC estimate (nats)": [fmt(*metric_stat(r, "tc"), digits=3) for _, r in configs.iterrows()],
+        "L_AD": [fmt(*metric_stat(r, "ad_loss"), digits=3) for _, r in configs.iterrows()],
         "best": configs["best"],
     })
     columns = ["model", "gamma", "lambda_ad", "beta", "iterations", *GROUP, "n", "seeds"]
@@ -97,10 +97,6 @@ def config_table(configs: pd.DataFrame) -> TableItem:
             "losses) as mean ± sd over seeds (ddof = 1), n = seeds. 'best overall' is the highest mean dlib "
             "metric; 'best <model>' the highest within a model.")
     return TableItem("disentangle_configs", display, data, "Configurations: final metrics", text)
-
-
-def _stat(row, metric: str) -> tuple[float, float, int]:
-    return row[f"{metric}_mean"], row[f"{metric}_sd"], int(row[f"{metric}_n"])
 
 
 def _paired(runs: pd.DataFrame, run_ids: list[str], x: str, y: str) -> tuple[list[float], list[float]]:
@@ -177,7 +173,7 @@ def attention_items(client, runs, configs, out, max_seeds: int = 2) -> list[Figu
                                     f"The latest attention figure ({found[1]}) logged by run {run['run_name']} "
                                     f"of the {row['best']} configuration ({name} {row['label']}, "
                                     f"{count(row['iterations'])} iterations; mean dlib metric "
-                                    f"{fmt(*_stat(row, 'disentanglement'))}). Compare where the maps of "
+                                    f"{fmt(*metric_stat(row, 'disentanglement'))}). Compare where the maps of "
                                     "different latent dimensions respond (claim v)."))
     return items
 
@@ -221,8 +217,8 @@ def public_reproduction_table(configs: pd.DataFrame) -> TableItem | None:
                 match &= np.isclose(configs[key].astype(float), float(ref[key]))
         for _, ours in configs[match].iterrows():
             rows.append({"model": plotting.model_style(ref["model"])["label"], "our configuration": ours["label"],
-                         "ours: disentanglement (seed variant)": fmt(*_stat(ours, "disentanglement_seed")),
-                         "ours: disentanglement (dlib)": fmt(*_stat(ours, "disentanglement")),
+                         "ours: disentanglement (seed variant)": fmt(*metric_stat(ours, "disentanglement_seed")),
+                         "ours: disentanglement (dlib)": fmt(*metric_stat(ours, "disentanglement")),
                          "public reproduction": f"{ref['value']:.3f} ± {ref['sd']:.3f}",
                          "its metric": ref["note"]})
     if not rows:

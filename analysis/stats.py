@@ -74,13 +74,9 @@ def aggregate(runs: pd.DataFrame, metrics: list[str], keep: list[str], by: list[
     return pd.DataFrame(rows)
 
 
-def seed_values(runs: pd.DataFrame, run_ids: list[str], metric: str) -> list[float]:
-    """The final values of ``metric`` in the given runs (for plotting seed points)."""
-    column = METRIC + metric
-    if column not in runs:
-        return []
-    values = runs.set_index("run_id").loc[run_ids, column]
-    return [float(v) for v in values if pd.notna(v)]
+def metric_stat(row, metric: str) -> tuple[float, float, int]:
+    """(mean, sd, n) of ``metric`` in an :func:`aggregate` row, ready for :func:`fmt`."""
+    return row[f"{metric}_mean"], row[f"{metric}_sd"], int(row[f"{metric}_n"])
 
 
 def mean_curve(series: list[pd.Series]) -> pd.DataFrame:

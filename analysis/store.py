@@ -101,11 +101,6 @@ def cast_params(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def metric_columns(frame: pd.DataFrame) -> list[str]:
-    """Metric names with a final value in ``frame`` (without the prefix)."""
-    return [c[len(METRIC):] for c in frame.columns if c.startswith(METRIC)]
-
-
 class Histories:
     """Metric histories, fetched once per (run, metric) and kept in memory; fetches run in a small pool.
 

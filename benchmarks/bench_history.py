@@ -1,4 +1,4 @@
-"""``python -m analysis.bench_history``: how long a report's history fetch takes on a SQLite store.
+"""``python -m benchmarks.bench_history``: how long a report's history fetch takes on a SQLite store.
 
 Builds a throwaway store of RUNS runs × METRICS metrics × POINTS steps (100 × 10 × 300 by default, the size
 the report must handle in seconds), then times ``Histories.prefetch`` with 1 worker and with the pool, and
@@ -42,7 +42,7 @@ def measure(uri: str, keys: list[str], workers: int, points: int) -> tuple[float
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.bench_history", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_history", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--metrics", type=int, default=10)
     parser.add_argument("--points", type=int, default=300)
