@@ -1,8 +1,9 @@
-"""VAEs (each ``forward`` returns ``VAEOutput``) and the FactorVAE discriminator."""
+"""VAEs (each ``forward`` returns ``VAEOutput``), the FactorVAE discriminator, and RBMs (the report's extension)."""
 
 from vae_attention.models.base import VAE, VAEOutput, init_normal_, reparameterize
 from vae_attention.models.dsprites import Discriminator, DSpritesVAE
 from vae_attention.models.mnist import MNISTConvVAE
+from vae_attention.models.rbm import RBM, StackedRBM
 from vae_attention.models.resnet import DEFAULT_RESNET_LAYER, ResNet18VAE
 from vae_attention.models.ucsd import UCSD_ATTENTION_LAYERS, UCSDConvVAE
 
@@ -12,6 +13,8 @@ __all__ = [
     "DSpritesVAE",
     "Discriminator",
     "MNISTConvVAE",
+    "RBM",
+    "StackedRBM",
     "ResNet18VAE",
     "UCSDConvVAE",
     "DEFAULT_RESNET_LAYER",
