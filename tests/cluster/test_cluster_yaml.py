@@ -8,6 +8,7 @@ reaches the network: socket connections fail for the length of each test.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import socket
@@ -24,6 +25,8 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 SCHEMA = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
+PIN_SCRIPT = ROOT / "deploy" / "pin_worker_image.py"
+SSM_AMI = re.compile(r"^resolve:ssm:(/aws/service/deeplearning/ami/x86_64/[\w./-]+/ami-id)$")
 LOCAL_BEGIN = "# --- BEGIN provider: local ---"
 LOCAL_END = "# --- END provider: local ---"
 PROJECT_DIR = "~/vae-attention-study"
@@ -105,7 +108,9 @@ def test_dashboard_binds_to_localhost_only(variant):
     config = variant()
     head_start = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start
-    assert "--head" in head_start and "--autoscaling-config=~/ray_bootstrap_config.yaml" in head_start
+    # the local variant reads Ray's bootstrap config; the AWS one the copy with the workers' image pinned
+    assert "--head" in head_start and re.search(r"--autoscaling-config=~/ray_bootstrap_config(\.pinned)?\.yaml",
+                                                head_start)
     commands = [c for key, value in config.items() if key.endswith("_commands") for c in value]
     assert not any("0.0.0.0" in c for c in commands)
     assert any(c.startswith("ray stop") for c in config["worker_start_ray_commands"])
@@ -144,3 +149,102 @@ def test_no_credentials_or_real_account_in_the_file():
     content = text()
     assert not re.search(r"AKIA[0-9A-Z]{16}", content)
     assert not re.search(r"arn:aws:iam::\d{12}:", content)
+
+
+def _strings(value):
+    """Every string in a parsed config, at any depth."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_aws_config_runs_as_shipped_with_no_image_to_fill_in():
+    """No placeholder anywhere in the active config; the image is AWS's public DLAMI parameter, which Ray's
+    AMI step (``_check_ami``, run by ``ray up`` in bootstrap_aws) passes through to EC2 untouched."""
+    from ray.autoscaler._private.aws.config import DEFAULT_AMI, _check_ami
+
+    config = aws_config()
+    leftovers = [s for s in _strings(config) if re.search(r"REPLACE|YOUR[-_.]|XXXX|ACCOUNT_ID", s)]
+    assert not leftovers, f"placeholders left in the active config: {leftovers}"
+    images = {t["node_config"]["ImageId"] for t in config["available_node_types"].values()}
+    assert len(images) == 1
+    (image,) = images
+    match = SSM_AMI.match(image)
+    assert match, f"ImageId is neither AWS's DLAMI SSM parameter nor resolvable as shipped: {image!r}"
+    # the fixed-id recipe in the comment names the same parameter
+    assert f"--name {match.group(1)}" in text()
+    prepared = prepare_config(config)
+    _check_ami(prepared)  # what `ray up` does to ImageId: Ray substitutes its default only for "" or latest_dlami
+    region = config["provider"]["region"]
+    assert {t["node_config"]["ImageId"] for t in prepared["available_node_types"].values()} == {image}
+    assert image != DEFAULT_AMI.get(region)
+
+
+def _pin_module():
+    spec = importlib.util.spec_from_file_location("pin_worker_image", PIN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_head_pins_workers_to_its_own_image_before_ray_starts():
+    config = aws_config()
+    pin = (f"python3 {PROJECT_DIR}/deploy/pin_worker_image.py ~/ray_bootstrap_config.yaml "
+           f"~/ray_bootstrap_config.pinned.yaml")
+    # first setup command (system python3: the venv does not exist yet), and again before the head's ray start,
+    # which hands the pinned copy to the autoscaler
+    assert config["setup_commands"][0] == pin
+    head_start = config["head_start_ray_commands"]
+    pins = [i for i, c in enumerate(head_start) if c.startswith(pin)]
+    starts = [i for i, c in enumerate(head_start) if "ray start --head" in c]
+    assert pins and starts and pins[0] < starts[0]
+    assert "--autoscaling-config=~/ray_bootstrap_config.pinned.yaml" in head_start[starts[0]]
+    assert PIN_SCRIPT.is_file()
+
+
+def test_pin_script_writes_the_autoscaler_config_with_the_heads_image(tmp_path, capsys):
+    module = _pin_module()
+    bootstrap = prepare_config(aws_config())  # `ray up` uploads the prepared config as JSON
+    (image,) = {t["node_config"]["ImageId"] for t in bootstrap["available_node_types"].values()}
+    source, target = tmp_path / "ray_bootstrap_config.yaml", tmp_path / "ray_bootstrap_config.pinned.yaml"
+    source.write_text(json.dumps(bootstrap))
+    uploaded = source.read_text()
+    ami = "ami-0123456789abcdef0"
+
+    assert module.main([str(source), str(target), "--ami", ami]) == 0
+    assert source.read_text() == uploaded  # Ray's file stays as `ray up` wrote it
+    pinned = json.loads(target.read_text())
+    assert {t["node_config"]["ImageId"] for t in pinned["available_node_types"].values()} == {ami}
+    for node_type in bootstrap["available_node_types"].values():  # nothing else differs
+        node_type["node_config"]["ImageId"] = ami
+    assert pinned == bootstrap
+    validate_config(pinned)  # a config the autoscaler accepts
+    assert ami in capsys.readouterr().out
+
+    # a config without SSM references is copied as it is, with no metadata lookup
+    module.this_instance_ami = lambda: pytest.fail("metadata service queried with nothing to pin")
+    source.write_text(json.dumps(pinned))
+    assert module.main([str(source), str(target)]) == 0 and json.loads(target.read_text()) == pinned
+
+    # a worker (no bootstrap config): nothing written
+    assert module.main([str(tmp_path / "absent.yaml"), str(tmp_path / "out.yaml")]) == 0
+    assert not (tmp_path / "out.yaml").exists()
+
+    # metadata service unreachable: the config is copied unpinned (ray start still finds its file), with why
+    def unreachable():
+        raise OSError("timed out")
+
+    module.this_instance_ami = unreachable
+    source.write_text(uploaded)
+    assert module.main([str(source), str(target)]) == 0
+    assert json.loads(target.read_text()) == json.loads(uploaded)
+    assert image in uploaded and "ssm:GetParameters" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.tmp"))
+
+    with pytest.raises(ValueError):
+        module.pin(json.loads(uploaded), "not-an-ami")
