@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from vae_attention import losses
 from vae_attention.data import DSprites
 from vae_attention.metrics import factor_vae_metric
-from vae_attention.training import DisentangleConfig, TrainState, build_models, build_optimizers, train_step
+from vae_attention.training import DisentangleConfig, DisentangleState, build_models, build_optimizers, train_step
 from vae_attention.training.disentangle import ad_attention_maps
 
 NAIVE_SUBSET = 50_000
@@ -47,7 +47,7 @@ def _rate(step, steps: int, device: torch.device) -> float:
 
 
 def ours(config: DisentangleConfig, dataset, device):
-    state = TrainState(config, dataset, device=device)
+    state = DisentangleState(config, dataset, device=device)
     return state.step
 
 
@@ -125,7 +125,7 @@ def main(argv=None) -> None:
     if args.metric:
         # An untrained encoder has no dim above the 0.05 std threshold and would exit early; threshold 0
         # keeps every dim active so the timing covers the full vote encode.
-        state = TrainState(DisentangleConfig(), dataset, device=device)
+        state = DisentangleState(DisentangleConfig(), dataset, device=device)
         result = factor_vae_metric(state.representation, dataset, np.random.default_rng(0), prune_threshold=0.0)
         print(f"dlib FactorVAE metric (prune_threshold=0): {result['elapsed_s']:.1f} s, "
               f"{result['num_encoded']} images encoded of {result['num_drawn']} drawn")

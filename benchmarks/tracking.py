@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from search_spaces.disentangle import get_study
-from study.disentangle import resolved_params, trial_tags
+from search_spaces.common import PARAMS_KEY
+from search_spaces.disentangle import get_study, resolved_params
+from study.disentangle import trial_tags
 from study.tracking import MLflowTrialLogger
-from trainables.common import PARAMS_KEY
 
 METRICS = ("recon_loss", "kld", "tc", "ad_loss", "d_loss", "vae_loss", "d_accuracy", "zero_map_fraction",
            "iterations_per_s")

@@ -5,22 +5,22 @@ UCSD Ped1: 300 epochs, batch 128, lr ∈ {1e-3, 5e-4, 1e-4}; each trial also sco
 compared (``pixel_auroc/<layer>``), which costs evaluation only, not training.
 MVTec-AD: one trial per category (15), 300 epochs, batch 16, lr 5e-4, 256×256, ResNet-18 VAE.
 Adam (0.9, 0.999, 1e-8) everywhere; seeds are a grid axis.
+Also here: ``grid_axes`` (axes given on the command line), ``trial_config``/``resolved_params``/``config_key``
+(a flat trial typed, resolved, hashed), Optuna's ``LR_RANGE`` and ``METRIC_DEFAULTS`` (what ASHA and Optuna
+optimise unless ``--metric`` says otherwise).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from search_spaces.common import config_hash, expand_grid
+from search_spaces.common import cartesian, config_hash, expand_grid
+from vae_attention.config import config_to_dict
+from vae_attention.data import MVTEC_CATEGORIES
 from vae_attention.errors import ConfigError
-from vae_attention.training import AnomalyConfig
+from vae_attention.training.anomaly import AnomalyConfig
 
-MVTEC_CATEGORIES = (
-    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw",
-    "tile", "toothbrush", "transistor", "wood", "zipper",
-)
 SEEDS = (1,)
 # Evaluations run the attention maps over the whole test set (a few minutes on CPU for MVTec at 256²).
 CADENCE = dict(report_every=1, checkpoint_every=10, eval_every=50)
@@ -41,7 +41,7 @@ class AnomalyStudy:
         if quick and not axes:
             grid = {name: values[:1] for name, values in grid.items()}  # one category/digit/lr
         fixed = {"dataset": self.dataset, **self.fixed, **CADENCE, **(self.quick if quick else {})}
-        return expand_grid(grid, fixed, tuple(seeds or self.seeds), overrides)
+        return expand_grid(({**fixed, **point} for point in cartesian(grid)), tuple(seeds or self.seeds), overrides)
 
 
 QUICK_COMMON = dict(epochs=2, eval_every=2, checkpoint_every=1, figure_images=4, num_bins=4096)
@@ -70,19 +70,65 @@ def get_study(dataset: str) -> AnomalyStudy:
     return STUDIES[dataset]
 
 
-def split_trial(trial: dict[str, Any]) -> AnomalyConfig:
+def grid_axes(dataset: str, categories: list[str] | None = None, digits: list[int] | None = None,
+              lrs: list[float] | None = None) -> dict[str, tuple]:
+    """Axes that replace the study's own (``--category``/``--digit``/``--lr``); ``["all"]`` = every category."""
+    axes: dict[str, tuple] = {}
+    if categories:
+        if dataset != "mvtec":
+            raise ConfigError("--category applies to --dataset mvtec only")
+        chosen = MVTEC_CATEGORIES if categories == ["all"] else tuple(categories)
+        unknown = sorted(set(chosen) - set(MVTEC_CATEGORIES))
+        if unknown:
+            raise ConfigError(f"unknown MVTec-AD categories {unknown}; choose from {', '.join(MVTEC_CATEGORIES)}")
+        axes["category"] = chosen
+    if digits:
+        if dataset != "mnist":
+            raise ConfigError("--digit applies to --dataset mnist only")
+        axes["digit"] = tuple(digits)
+    if lrs:
+        axes["lr"] = tuple(lrs)
+    return axes
+
+
+def trial_config(trial: dict[str, Any]) -> AnomalyConfig:
     """The typed config of a flat trial dict; unknown keys and bad values raise ConfigError."""
     return AnomalyConfig.from_dict(trial)
 
 
 def resolved_params(trial: dict[str, Any]) -> dict[str, Any]:
     """Every config field as the trial ran it, dataset defaults (image size, layer, activation) resolved."""
-    config = split_trial(trial)
-    resolved = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
+    config = trial_config(trial)
+    resolved = config_to_dict(config)
     resolved.update(image_size=config.resolved_image_size, attention_layer=config.resolved_layer,
                     activation=config.resolved_activation)
     return resolved
 
 
+def typed_trial(trial: dict[str, Any]) -> dict[str, Any]:
+    """The trial's own keys with values coerced to their fields' types (raises ConfigError for bad ones)."""
+    return {k: v for k, v in resolved_params(trial).items() if k in trial}
+
+
 def config_key(trial: dict[str, Any]) -> str:
     return config_hash(resolved_params(trial))
+
+
+# -- Optuna ----------------------------------------------------------------------------------------------------
+# ASHA needs a metric in every report (the training loss); Optuna can use the final evaluation.
+METRIC_DEFAULTS = {"asha": ("loss", "min"), "optuna": ("pixel_auroc", "max")}
+LR_RANGE = ("loguniform", 1e-5, 1e-2)
+
+
+def optuna_space(trials: list[dict[str, Any]], seeds: tuple[int, ...], fixed_lr: bool):
+    """Optuna searches the learning rate (log-uniform) and the seed for ONE category/digit at a time."""
+    varying = sorted(k for k in trials[0] if k not in ("lr", "seed") and len({str(t[k]) for t in trials}) > 1)
+    if varying:
+        raise ConfigError(f"--scheduler optuna searches one configuration at a time, but {varying} vary; "
+                          "pass a single --category/--digit")
+    space = {k: v for k, v in trials[0].items() if k != "seed"}
+    space["seed"] = ("choice", list(seeds))
+    if not fixed_lr:
+        space["lr"] = LR_RANGE
+    corners = [{**trials[0], "lr": space["lr"][end] if not fixed_lr else trials[0]["lr"]} for end in (1, 2)]
+    return space, corners

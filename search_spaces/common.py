@@ -1,15 +1,24 @@
-"""Helpers every study's search space shares."""
+"""Helpers every study's search space shares: the one grid expander, the config key, Ray's params key."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
+from collections.abc import Iterable
 from typing import Any
+
+# The trial's whole (flat) config sits under this key of Ray's config dict, as one grid_search value.
+PARAMS_KEY = "params"
 
 # Where the data lives, which seed ran, and how often it reported, checkpointed, evaluated or drew figures
 # do not change what a configuration is (metric sizes do: they change the measured value).
 NOT_IN_CONFIG_KEY = ("seed", "data_dir", "report_every", "checkpoint_every", "eval_every", "figure_images")
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's flat config (a copy) out of the config dict Ray hands the trainable."""
+    return dict(config[PARAMS_KEY])
 
 
 def config_hash(resolved: dict[str, Any]) -> str:
@@ -18,14 +27,19 @@ def config_hash(resolved: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
-def expand_grid(axes: dict[str, tuple], fixed: dict[str, Any], seeds: tuple[int, ...],
-                overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Cartesian product of ``axes`` × seeds, each with ``fixed`` and then ``overrides`` applied; no duplicates."""
+def cartesian(axes: dict[str, tuple]) -> list[dict[str, Any]]:
+    """Every combination of the axes' values, in order (the last axis varies fastest)."""
     names = list(axes)
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*(axes[n] for n in names))]
+
+
+def expand_grid(points: Iterable[dict[str, Any]], seeds: tuple[int, ...],
+                overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Each point × each seed, then ``overrides`` applied; identical trials kept once, in first-seen order."""
     seen, trials = set(), []
-    for values in itertools.product(*(axes[n] for n in names)):
+    for point in points:
         for seed in seeds:
-            trial = {**fixed, **dict(zip(names, values, strict=True)), "seed": int(seed), **(overrides or {})}
+            trial = {**point, "seed": int(seed), **(overrides or {})}
             key = json.dumps(trial, sort_keys=True, default=list)
             if key not in seen:
                 seen.add(key)

@@ -3,6 +3,9 @@
 Each named study lists arms (a model family with its γ/λ/β grid); seeds are a grid axis of the study.
 ``trials()`` expands a study into flat trial dicts (science config + loop config); the study system turns
 them into one Ray ``grid_search``. This file is the only place Table 1 lives.
+``trial_configs`` parses a flat trial into typed configs (``resolved_params``: every field it ran with;
+``config_key``: the hash that groups its seeds); ``RANGES``/``optuna_space`` are the Optuna search space and
+``METRIC_DEFAULTS`` what ASHA and Optuna optimise unless ``--metric`` says otherwise.
 
 Table 1 (150,000 iterations, batch 64, Adam 1e-4 (0.9, 0.999); discriminator Adam 1e-4 (0.5, 0.9), seeds
 {1, 2}, z = 10): exp1 = FactorVAE and AD-FactorVAE, γ ∈ {10, 20, 30, 40, 50}, λ = 1; exp2 = AD-FactorVAE,
@@ -14,13 +17,14 @@ public reproduction went to λ = 80) and ``betavae`` (Kim & Mnih's β grid).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from search_spaces.common import config_hash
+from search_spaces.common import config_hash, expand_grid
+from vae_attention.config import config_to_dict
 from vae_attention.errors import ConfigError
-from vae_attention.training import DisentangleConfig, LoopConfig
+from vae_attention.training.disentangle import DisentangleConfig
+from vae_attention.training.loop import Schedule
 
 TABLE1_GAMMAS = (10.0, 20.0, 30.0, 40.0, 50.0)
 TABLE1_SEEDS = (1, 2)
@@ -62,16 +66,8 @@ class DisentangleStudy:
 
     def trials(self, seeds: tuple[int, ...] | None = None, overrides: dict[str, Any] | None = None) -> list[dict]:
         """Flat trial configs: every arm config × every seed, plus ``loop`` and ``overrides``; no duplicates."""
-        seen, trials = set(), []
-        for arm in self.arms:
-            for cfg in arm.configs():
-                for seed in seeds or self.seeds:
-                    trial = {**cfg, **self.loop, "seed": int(seed), **(overrides or {})}
-                    key = json.dumps(trial, sort_keys=True)
-                    if key not in seen:
-                        seen.add(key)
-                        trials.append(trial)
-        return trials
+        points = ({**cfg, **self.loop} for arm in self.arms for cfg in arm.configs())
+        return expand_grid(points, tuple(seeds or self.seeds), overrides)
 
 
 def _ad(gammas, lambdas=(1.0,)) -> Arm:
@@ -111,22 +107,69 @@ def get_study(name: str, quick: bool = False) -> DisentangleStudy:
     return STUDIES[name]
 
 
-_SCIENCE_KEYS = {f.name for f in dataclasses.fields(DisentangleConfig)}
-_LOOP_KEYS = {f.name for f in dataclasses.fields(LoopConfig)}
-CONFIG_KEYS = _SCIENCE_KEYS | _LOOP_KEYS
+CONFIG_KEYS = {f.name for f in dataclasses.fields(DisentangleConfig)}
 
 
-def split_trial(trial: dict[str, Any]) -> tuple[DisentangleConfig, LoopConfig]:
-    """Typed (science, loop) configs of a flat trial dict; unknown keys and bad values raise ConfigError."""
+def trial_configs(trial: dict[str, Any]) -> tuple[DisentangleConfig, Schedule]:
+    """The typed config of a flat trial dict and its schedule; unknown keys and bad values raise ConfigError."""
     unknown = sorted(set(trial) - CONFIG_KEYS)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(CONFIG_KEYS)}")
-    science = DisentangleConfig.from_dict({k: v for k, v in trial.items() if k in _SCIENCE_KEYS})
-    loop = LoopConfig.from_dict({k: v for k, v in trial.items() if k in _LOOP_KEYS})
-    return science, loop
+    config = DisentangleConfig.from_dict(trial)
+    return config, config.schedule
+
+
+def resolved_params(trial: dict[str, Any]) -> dict[str, Any]:
+    """Every field of the typed config (science, schedule, evaluation sizes): what a trial really ran with."""
+    return config_to_dict(trial_configs(trial)[0])
+
+
+def typed_trial(trial: dict[str, Any]) -> dict[str, Any]:
+    """The trial's own keys with values coerced to their fields' types (so params log as 40.0, not '40')."""
+    return {k: v for k, v in resolved_params(trial).items() if k in trial}
 
 
 def config_key(trial: dict[str, Any]) -> str:
     """Stable hash of a trial's config without its seed: the key that groups seeds of one configuration."""
-    science, loop = split_trial(trial)
-    return config_hash({**dataclasses.asdict(science), **dataclasses.asdict(loop)})
+    return config_hash(resolved_params(trial))
+
+
+# -- Optuna ----------------------------------------------------------------------------------------------------
+# ASHA compares trials at every rung, so its metric must be in every report; evaluations are rarer.
+METRIC_DEFAULTS = {
+    "asha": ("recon_loss", "min"),
+    "optuna": ("disentanglement", "max"),
+    "pareto": (("disentanglement", "eval_recon_loss"), ("max", "min")),
+}
+# Optuna's ranges: log-uniform around Table 1's grids (γ 5–50), the λ scan (≤ 80) and Kim & Mnih's β grid.
+RANGES = {
+    "gamma": ("loguniform", 5.0, 100.0),
+    "lambda_ad": ("loguniform", 0.1, 100.0),
+    "beta": ("loguniform", 1.0, 16.0),
+    "lr": ("loguniform", 1e-5, 1e-3),
+}
+
+
+def optuna_space(trials: list[dict[str, Any]], overrides: dict[str, Any], seeds: tuple[int, ...]):
+    """The study's models and seeds as choices, RANGES for what the user did not fix with --set.
+
+    Returns the space and its low and high corners as trials, which are validated like grid trials.
+    """
+    models = sorted({t["model"] for t in trials})
+    first = trials[0]  # typed; carries the loop settings and every --set override
+    space: dict[str, Any] = {k: v for k, v in first.items() if k not in ("model", "gamma", "lambda_ad", "beta", "seed")}
+    space.update(model=("choice", models), seed=("choice", list(seeds)))
+    applies = {"gamma": True, "lr": True, "lambda_ad": "ad_factorvae" in models, "beta": "betavae" in models}
+    for key, spec in RANGES.items():
+        if key in overrides:
+            space[key] = first[key]
+        elif applies[key]:
+            space[key] = spec
+        else:
+            space[key] = {"lambda_ad": 0.0, "beta": 1.0}[key]
+    corners = []
+    for end in (1, 2):
+        corner = {k: (v[end] if isinstance(v, tuple) and v[0] != "choice" else v) for k, v in space.items()}
+        corner.update(model=models[-1], seed=seeds[0])
+        corners.append(typed_trial(corner))
+    return space, corners

@@ -1,22 +1,39 @@
-"""``python -m study.run anomaly``: the anomaly-localisation study's options, plan, dry run and hooks."""
+"""``python -m study.run anomaly``: the anomaly-localisation study's flags, console columns and hooks.
+
+The study itself (the grids per data set, the Optuna range, trial parsing) is ``search_spaces.anomaly``;
+its dry run is ``study.dry_run``.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, get_args
 
-from search_spaces.anomaly import MVTEC_CATEGORIES, STUDIES, config_key, get_study, resolved_params, split_trial
+import torch
+
+from search_spaces.anomaly import (
+    METRIC_DEFAULTS,
+    STUDIES,
+    config_key,
+    get_study,
+    grid_axes,
+    optuna_space,
+    resolved_params,
+    trial_config,
+    typed_trial,
+)
+from study.definition import StudyDefinition
+from study.dry_run import anomaly_dry_run
+from study.launch import StudyHooks
 from study.options import add_common_options, parse_overrides, resolve_data_dir
+from study.plan import SweepPlan, make_plan
 from study.progress import Column
-from study.search import describe, resolve_metric
-from study.sweep import CHECKPOINTS_TO_KEEP, StudyHooks, SweepPlan, checkpoint_gigabytes, make_plan, trial_table
+from trainables.anomaly import anomaly_trainable, data_source_of
 from vae_attention.errors import ConfigError, StudyError
+from vae_attention.training.anomaly import build_datasets, check_model
+from vae_attention.training.anomaly.config import AttentionMode
 
 KIND = "anomaly"
-DEFAULT_NAME = f"{KIND}-mnist"  # what --resume continues without --name
-# ASHA needs a metric in every report (the training loss); Optuna can use the final evaluation.
-METRIC_DEFAULTS = {"asha": ("loss", "min"), "optuna": ("pixel_auroc", "max")}
-LR_RANGE = ("loguniform", 1e-5, 1e-2)
 COLUMNS = [
     Column("data", "dataset", "param", "{}", 5),
     Column("category", "category", "param", "{}", 10),
@@ -45,30 +62,11 @@ def add_parser(subparsers) -> None:
                                         "encoder.layer3.1.conv2 MVTec)")
     parser.add_argument("--epochs", type=int, help="epochs per trial (MNIST 200, UCSD and MVTec 300)")
     parser.add_argument("--image-size", type=int, help="square input size (UCSD 100, MVTec 256)")
-    parser.add_argument("--attention", choices=("authors", "paper"),
+    parser.add_argument("--attention", choices=get_args(AttentionMode),
                         help="authors: |grad-weighted map of Σμ| (default; the report's numbers); paper: mean of "
                              "per-dimension ReLU maps")
     add_common_options(parser)
     parser.set_defaults(handler=KIND)
-
-
-def _axes(args: argparse.Namespace, dataset: str) -> dict[str, tuple]:
-    axes: dict[str, tuple] = {}
-    if args.category:
-        if dataset != "mvtec":
-            raise ConfigError("--category applies to --dataset mvtec only")
-        categories = MVTEC_CATEGORIES if args.category == ["all"] else tuple(args.category)
-        unknown = sorted(set(categories) - set(MVTEC_CATEGORIES))
-        if unknown:
-            raise ConfigError(f"unknown MVTec-AD categories {unknown}; choose from {', '.join(MVTEC_CATEGORIES)}")
-        axes["category"] = categories
-    if args.digit:
-        if dataset != "mnist":
-            raise ConfigError("--digit applies to --dataset mnist only")
-        axes["digit"] = tuple(args.digit)
-    if args.lr:
-        axes["lr"] = tuple(args.lr)
-    return axes
 
 
 def build_plan(args: argparse.Namespace) -> SweepPlan:
@@ -83,13 +81,11 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     if data_dir is None:
         raise StudyError(f"--data-dir is required for --dataset {dataset} (see README 'Data' for the layout)")
     overrides["data_dir"] = data_dir
-    trials = study.trials(tuple(args.seeds) if args.seeds else None, overrides, _axes(args, dataset),
-                          quick=bool(args.quick))
+    axes = grid_axes(dataset, categories=args.category, digits=args.digit, lrs=args.lr)
+    trials = study.trials(tuple(args.seeds) if args.seeds else None, overrides, axes, quick=bool(args.quick))
     for trial in trials:
-        trial.update({k: v for k, v in resolved_params(trial).items() if k in trial})  # typed; raises ConfigError
-    from vae_attention.training.anomaly_state import check_model
-
-    for config in {split_trial(t).replace(seed=0, lr=1.0) for t in trials}:
+        trial.update(typed_trial(trial))  # raises ConfigError for unknown keys and bad values
+    for config in {trial_config(t).replace(seed=0, lr=1.0) for t in trials}:
         check_model(config)
     name = args.name or f"{KIND}-{dataset}" + ("-quick" if args.quick else "")
     space = None
@@ -102,59 +98,19 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     return make_plan(args, kind=KIND, study=dataset, name=name, trials=trials, space=space)
 
 
-def optuna_space(trials: list[dict[str, Any]], seeds: tuple[int, ...], fixed_lr: bool):
-    """Optuna searches the learning rate (log-uniform) and the seed for ONE category/digit at a time."""
-    varying = sorted(k for k in trials[0] if k not in ("lr", "seed") and len({str(t[k]) for t in trials}) > 1)
-    if varying:
-        raise ConfigError(f"--scheduler optuna searches one configuration at a time, but {varying} vary; "
-                          "pass a single --category/--digit")
-    space = {k: v for k, v in trials[0].items() if k != "seed"}
-    space["seed"] = ("choice", list(seeds))
-    if not fixed_lr:
-        space["lr"] = LR_RANGE
-    corners = [{**trials[0], "lr": space["lr"][end] if not fixed_lr else trials[0]["lr"]} for end in (1, 2)]
-    return space, corners
-
-
 def resolve_data_source(plan: SweepPlan) -> str:
     """Open every trial's data set once on the driver, so missing files fail before Ray starts."""
-    import torch
-
-    from trainables.anomaly import data_source_of
-    from vae_attention.training.anomaly_state import build_datasets
-
     seen = set()
     for trial in plan.trials:
-        config = split_trial(trial)
+        config = trial_config(trial)
         key = (config.dataset, config.category, config.digit, config.gt_policy, config.resolved_image_size)
         if key not in seen:
             seen.add(key)
             train, test = build_datasets(config, torch.Generator())
             print(f"{config.dataset} {config.category if config.dataset == 'mvtec' else ''}: "
                   f"{len(train)} train, {len(test)} test images")
-    sources = {data_source_of(split_trial(t)) for t in plan.trials}
+    sources = {data_source_of(trial_config(t)) for t in plan.trials}
     return sources.pop() if len(sources) == 1 else "mixed"
-
-
-def dry_run(plan: SweepPlan) -> str:
-    import torch
-
-    from vae_attention.training.anomaly_state import build_model
-
-    settings = plan.settings
-    metric, mode = resolve_metric(settings, METRIC_DEFAULTS)
-    if settings.scheduler == "optuna":
-        return "\n".join([f"sweep {plan.name!r} ({plan.study}, preset {plan.preset})",
-                           *describe(settings, metric, mode, plan.space, plan.trials[0]["epochs"], "epoch")])
-    keys = ["dataset", "category", "digit", "lr", "epochs", "batch_size", "image_size", "attention", "seed"]
-    lines = trial_table(plan, keys, config_key, resolved_params)
-    if settings.scheduler == "asha":
-        lines += describe(settings, metric, mode, None, plan.trials[0]["epochs"], "epoch")
-    params = sum(sum(p.numel() for p in build_model(split_trial(t), torch.Generator()).parameters())
-                 for t in plan.trials)
-    lines.append(f"checkpoint disk ≈ {checkpoint_gigabytes(params, 1):.2f} GB ({CHECKPOINTS_TO_KEEP} kept per "
-                 f"trial) at {plan.storage}")
-    return "\n".join(lines)
 
 
 def trial_name(trial) -> str:
@@ -171,13 +127,18 @@ def trial_name(trial) -> str:
 def trial_tags(params: dict) -> dict[str, str]:
     # derived from the attention mode, recorded because it changes the maps: the authors' code takes |·|
     # of the upsampled map, the paper's formulation activates at the layer's resolution
-    order = "after_upsampling" if split_trial(params).upsample_first else "before_upsampling"
+    order = "after_upsampling" if trial_config(params).upsample_first else "before_upsampling"
     return {"config_key": config_key(params), "activation_order": order}
 
 
-def hooks() -> StudyHooks:
-    from trainables.anomaly import anomaly_trainable
-
-    return StudyHooks(trainable=anomaly_trainable, trial_name=trial_name, trial_tags=trial_tags,
-                      resolved_params=resolved_params, columns=COLUMNS, total_key="epochs", step_key="epoch",
-                      metric_defaults=METRIC_DEFAULTS)
+DEFINITION = StudyDefinition(
+    name=KIND,
+    default_name=f"{KIND}-mnist",
+    add_parser=add_parser,
+    build_plan=build_plan,
+    dry_run=anomaly_dry_run,
+    resolve_data_source=resolve_data_source,
+    hooks=StudyHooks(trainable=anomaly_trainable, trial_name=trial_name, trial_tags=trial_tags,
+                     resolved_params=resolved_params, columns=COLUMNS, total_key="epochs", step_key="epoch",
+                     metric_defaults=METRIC_DEFAULTS),
+)

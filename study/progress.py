@@ -14,7 +14,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from trainables.common import PARAMS_KEY
+from search_spaces.common import PARAMS_KEY
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,13 @@ import logging
 import sys
 
 from study import anomaly, disentangle
+from study.definition import StudyDefinition
+from study.launch import launch
 from study.options import check_resume_options, resolve_storage, with_defaults
+from study.plan import load_plan, ray_state_saved, sweep_exists
 from vae_attention.errors import StudyError
 
-STUDIES = {disentangle.KIND: disentangle, anomaly.KIND: anomaly}
+STUDIES: dict[str, StudyDefinition] = {d.name: d for d in (disentangle.DEFINITION, anomaly.DEFINITION)}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -31,45 +34,42 @@ def build_parser() -> argparse.ArgumentParser:
                     "Browse runs with: mlflow ui --backend-store-uri sqlite:///mlflow.db",
     )
     subparsers = parser.add_subparsers(dest="study", required=True, metavar="STUDY")
-    for module in STUDIES.values():
-        module.add_parser(subparsers)
+    for study in STUDIES.values():
+        study.add_parser(subparsers)
     return parser
 
 
-def sweep_tags(plan) -> dict[str, str]:
-    from study.sweep import git_commit, package_versions
-
-    return {"sweep": plan.name, "study": plan.study, "preset": plan.preset, "git_commit": git_commit(),
-            "data_source": plan.data_source, **package_versions()}
-
-
 def run(args: argparse.Namespace) -> int:
-    from study.sweep import discard_orphan_runs, launch, load_plan, ray_state_saved, sweep_exists
-
-    module = STUDIES[args.handler]
+    study = STUDIES[args.handler]
     if args.resume:
         check_resume_options(args)
         resolved = with_defaults(args)
-        plan = load_plan(resolve_storage(resolved.storage), args.name or module.DEFAULT_NAME)
+        plan = load_plan(resolve_storage(resolved.storage), args.name or study.default_name)
         plan.address = args.address
+        # imported here (and below): study.tracking imports mlflow (seconds), which usage errors and dry runs
+        # never need
+        from study.tracking import discard_orphan_runs, sweep_tags
+
         if not ray_state_saved(plan.path):
             # stopped before Ray saved any state: no trial has progress to keep, so start the plan afresh
             print(f"sweep {plan.name!r} stopped before Ray saved its state: starting it from the beginning")
             discard_orphan_runs(plan)
-            return launch(plan, module.hooks(), resume=False, sweep_tags=sweep_tags(plan))
-        return launch(plan, module.hooks(), resume=True, sweep_tags={})
+            return launch(plan, study.hooks, resume=False, sweep_tags=sweep_tags(plan))
+        return launch(plan, study.hooks, resume=True, sweep_tags={})
 
     args = with_defaults(args)
-    plan = module.build_plan(args)
+    plan = study.build_plan(args)
     if args.dry_run:
-        print(module.dry_run(plan))
+        print(study.dry_run(plan))
         return 0
+    from study.tracking import sweep_tags
+
     taken = sweep_exists(plan)
     if taken:
         raise StudyError(f"sweep {plan.name!r} already exists ({taken}); pass --resume to continue it or "
                          "--name to start another")
-    plan.data_source = module.resolve_data_source(plan)
-    return launch(plan, module.hooks(), resume=False, sweep_tags=sweep_tags(plan))
+    plan.data_source = study.resolve_data_source(plan)
+    return launch(plan, study.hooks, resume=False, sweep_tags=sweep_tags(plan))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
 from vae_attention.errors import ConfigError
 
 SCHEDULERS = ("fifo", "asha", "optuna")
@@ -61,8 +64,6 @@ def resolve_metric(settings: SearchSettings, defaults: dict[str, tuple[str, str]
 
 
 def _domain(spec):
-    from ray import tune
-
     kind, *args = spec
     if kind == "loguniform":
         return tune.loguniform(*args)
@@ -79,6 +80,7 @@ def evaluation_optuna_search(**kwargs):
     Ray's searcher reads the objective from every intermediate report, but ours exist only at evaluations;
     Optuna's objective is the trial's final result, which always has them.
     """
+    # imported here: it imports optuna (~0.5 s), which only an Optuna sweep needs
     from ray.tune.search.optuna import OptunaSearch
 
     class EvaluationOptunaSearch(OptunaSearch):
@@ -93,8 +95,6 @@ def evaluation_optuna_search(**kwargs):
 def tune_setup(settings: SearchSettings, metric, mode, *, trials: list[dict], space: dict | None,
                total: int, time_attr: str, max_concurrent: int, params_key: str) -> tuple[dict, dict]:
     """``(param_space, TuneConfig kwargs)`` for the chosen scheduler."""
-    from ray import tune
-
     kwargs: dict[str, Any] = {"max_concurrent_trials": max_concurrent or None}
     if settings.scheduler == "optuna":
         # sorted: the sampler draws parameters in this order, so a saved and reloaded space samples the same
@@ -104,8 +104,6 @@ def tune_setup(settings: SearchSettings, metric, mode, *, trials: list[dict], sp
         return param_space, kwargs
     param_space = {params_key: tune.grid_search(trials)}
     if settings.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
         kwargs["scheduler"] = ASHAScheduler(time_attr=time_attr, metric=metric, mode=mode, max_t=total,
                                             grace_period=settings.grace_period,
                                             reduction_factor=settings.reduction_factor)

@@ -1,5 +1,9 @@
 """Driver-side MLflow bookkeeping: exactly one MLflow run per Tune trial for the trial's whole life.
 
+Everything the driver asks of MLflow lives here: whether a sweep already has trial runs, the cleanup of
+runs a stopped start left behind, the provenance tags of a sweep (git commit, package versions), and the
+Tune callback ``MLflowTrialLogger`` that writes the runs.
+
 Ray's stock ``MLflowLoggerCallback`` creates a second run when a sweep is restored. Here runs are keyed by
 a ``trial_id`` tag and found again after a restore or a retry; metric steps are optimiser iterations (or
 epochs), and reports at or below the run's last logged step are skipped, so every metric history is
@@ -11,19 +15,29 @@ lazily in ``setup()`` and dropped when pickled, so the callback survives Tune's 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import mlflow
+import numpy
+import ray
 import ray.cloudpickle as cloudpickle  # what Ray pickles trial errors with
+import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from trainables.common import PARAMS_KEY
+from search_spaces.common import PARAMS_KEY
 from vae_attention import errors
 from vae_attention.errors import StudyError
+from vae_attention.training.loop import rate_metric
+
+if TYPE_CHECKING:
+    from study.plan import SweepPlan
 
 # Everything Tune adds to a result, plus what is not a metric of ours.
 _NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
@@ -52,6 +66,43 @@ def find_trial_runs(client: MlflowClient, experiment_id: str, trial_id: str | No
     return client.search_runs([experiment_id], filter_string=query, max_results=5000)
 
 
+def has_trial_runs(tracking_uri: str, experiment_name: str) -> bool:
+    """Whether the MLflow experiment of that name exists and holds trial runs (the sweep name is taken)."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    return experiment is not None and bool(find_trial_runs(client, experiment.experiment_id))
+
+
+def discard_orphan_runs(plan: SweepPlan) -> None:
+    """Delete trial runs of a start that Ray never recorded: their trials run again under new ids."""
+    client = MlflowClient(plan.tracking_uri)
+    experiment = client.get_experiment_by_name(plan.name)
+    for run in find_trial_runs(client, experiment.experiment_id) if experiment else []:
+        client.delete_run(run.info.run_id)  # soft delete: still visible under MLflow's deleted runs
+
+
+# -- provenance: tags on every run of a sweep ----------------------------------------------------------------
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    return {"torch_version": torch.__version__, "ray_version": ray.__version__, "mlflow_version": mlflow.__version__,
+            "numpy_version": numpy.__version__, "python_version": sys.version.split()[0]}
+
+
+def sweep_tags(plan: SweepPlan) -> dict[str, str]:
+    """The tags every run of the sweep carries: its name, study, preset, data source and provenance."""
+    return {"sweep": plan.name, "study": plan.study, "preset": plan.preset, "git_commit": git_commit(),
+            "data_source": plan.data_source, **package_versions()}
+
+
+# -- the Tune callback ---------------------------------------------------------------------------------------
 def _metric_values(result: dict[str, Any], step_key: str) -> dict[str, float]:
     return {
         k: float(v)
@@ -114,8 +165,8 @@ class MLflowTrialLogger(Callback):
         existing = find_trial_runs(client, self._experiment_id, trial_id)
         if existing:
             run_id = existing[0].info.run_id
-            # the loop logs "<step_key>s_per_s" on every report, so its history holds every step logged
-            history = client.get_metric_history(run_id, f"{self.step_key}s_per_s")
+            # the loop logs rate_metric(step_key) on every report, so its history holds every step logged
+            history = client.get_metric_history(run_id, rate_metric(self.step_key))
             self._last_step[trial_id] = max((m.step for m in history), default=-1)
             if existing[0].info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")

@@ -130,4 +130,4 @@ def test_l_ad_gradient_reaches_the_encoder():
 
 def test_unknown_pair_policy_is_rejected():
     with pytest.raises(ConfigError, match="pairs="):
-        losses.attention_disentanglement(torch.rand(1, 2, 4, 4), "all_pairs")
+        losses.attention_disentanglement(torch.rand(1, 2, 4, 4), "no_such_policy")

@@ -1,4 +1,4 @@
-"""The explicit FactorVAE two-optimiser step and TrainState: no gradient leaks, exact resume, learning."""
+"""The explicit FactorVAE two-optimiser step and DisentangleState: no gradient leaks, exact resume, learning."""
 
 import copy
 
@@ -8,7 +8,7 @@ import torch
 from vae_attention import ConfigError, losses
 from vae_attention.data import DSprites
 from vae_attention.models import reparameterize
-from vae_attention.training import DisentangleConfig, TrainState, build_models, build_optimizers, train_step
+from vae_attention.training import DisentangleConfig, DisentangleState, build_models, build_optimizers, train_step
 
 # A small discriminator keeps these tests fast; the update logic does not depend on its width.
 SMALL = dict(d_hidden_units=64, d_hidden_layers=2, batch_size=16, eval_size=64)
@@ -92,7 +92,8 @@ def test_repeated_steps_run_without_in_place_errors(model):
 
 @pytest.mark.parametrize("pairs", ["consecutive_dims", "random_pair", "top2", "consecutive_images"])
 def test_every_pair_policy_trains(pairs, small_dsprites):
-    state = TrainState(DisentangleConfig(model="ad_factorvae", pairs=pairs, lambda_ad=10.0, **SMALL), small_dsprites)
+    state = DisentangleState(DisentangleConfig(model="ad_factorvae", pairs=pairs, lambda_ad=10.0, **SMALL),
+                             small_dsprites)
     metrics = [state.step() for _ in range(2)]
     assert all(0.0 <= m["ad_loss"] <= 1.0 for m in metrics)
 
@@ -100,14 +101,14 @@ def test_every_pair_policy_trains(pairs, small_dsprites):
 @pytest.mark.parametrize("model", ["ad_factorvae", "betavae"])
 def test_resume_is_bit_identical(model, small_dsprites, tmp_path):
     config = DisentangleConfig(model=model, pairs="random_pair", seed=3, **SMALL)
-    straight = TrainState(config, small_dsprites, device="cpu")
+    straight = DisentangleState(config, small_dsprites, device="cpu")
     straight_metrics = [straight.step() for _ in range(20)]
 
-    first = TrainState(config, small_dsprites, device="cpu")
+    first = DisentangleState(config, small_dsprites, device="cpu")
     resumed_metrics = [first.step() for _ in range(10)]
     first.save(tmp_path / "state.pt")
     del first
-    second = TrainState(config, small_dsprites, device="cpu")
+    second = DisentangleState(config, small_dsprites, device="cpu")
     second.load(tmp_path / "state.pt")
     assert second.iteration == 10
     resumed_metrics += [second.step() for _ in range(10)]
@@ -119,7 +120,7 @@ def test_resume_is_bit_identical(model, small_dsprites, tmp_path):
 
 
 def test_factorvae_learns_on_small_generated_dsprites(small_dsprites):
-    state = TrainState(DisentangleConfig(model="factorvae", gamma=10.0, **{**SMALL, "batch_size": 64}),
+    state = DisentangleState(DisentangleConfig(model="factorvae", gamma=10.0, **{**SMALL, "batch_size": 64}),
                        small_dsprites)
     recon = [state.step()["recon_loss"] for _ in range(300)]
     early, late = sum(recon[:20]) / 20, sum(recon[-20:]) / 20
@@ -131,7 +132,7 @@ def test_factorvae_learns_on_small_generated_dsprites(small_dsprites):
 
 
 def test_eval_subset_is_held_out_of_training(small_dsprites):
-    state = TrainState(DisentangleConfig(**SMALL), small_dsprites)
+    state = DisentangleState(DisentangleConfig(**SMALL), small_dsprites)
     assert len(state.eval_indices) == 64
     assert not set(state.eval_indices.tolist()) & set(state.train_indices.tolist())
     assert len(state.eval_indices) + len(state.train_indices) == small_dsprites.num_images

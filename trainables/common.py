@@ -9,14 +9,7 @@ from typing import Any
 import torch
 from ray import tune
 
-from vae_attention.training import load_checkpoint, run_loop
-
-# The trial's whole (flat) config sits under this key of Ray's config dict, as one grid_search value.
-PARAMS_KEY = "params"
-
-
-def trial_params(config: dict[str, Any]) -> dict[str, Any]:
-    return dict(config[PARAMS_KEY])
+from vae_attention.training.loop import Schedule, Trainee, load_checkpoint, run_loop
 
 
 def configure_torch_for_trial() -> tuple[torch.device, dict[str, str]]:
@@ -53,7 +46,7 @@ def tune_report(metrics: dict[str, Any], write_checkpoint) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
-def run_trial(trainee, schedule, context: dict[str, str]) -> None:
+def run_trial(trainee: Trainee, schedule: Schedule, context: dict[str, str]) -> None:
     """Restore ``trainee`` from Tune's checkpoint of this trial, if any, then run the shared loop to the end.
 
     ``context`` (device, data source, …) rides along on every report; the MLflow callback makes it tags.

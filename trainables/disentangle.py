@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces.disentangle import split_trial
-from trainables.common import configure_torch_for_trial, run_trial, trial_params
+from search_spaces.common import trial_params
+from search_spaces.disentangle import trial_configs
+from trainables.common import configure_torch_for_trial, run_trial
 from vae_attention.data import DSprites
 from vae_attention.errors import DataError
-from vae_attention.training import DisentangleTrainee, TrainState
+from vae_attention.training.disentangle import DisentangleState
 
 
 def disentangle_trainable(config: dict[str, Any]) -> None:
-    science, loop = split_trial(trial_params(config))
+    disentangle, schedule = trial_configs(trial_params(config))
     device, device_tags = configure_torch_for_trial()
-    dataset = DSprites(science.data_dir)
-    if science.data_dir is not None and dataset.source != "npz":  # e.g. a worker node without the file
-        raise DataError(f"{science.data_dir} has no dSprites npz on this node; the sweep was started with it")
-    trainee = DisentangleTrainee(TrainState(science, dataset, device=device), loop)
-    run_trial(trainee, loop, {"device": str(device), **device_tags, "data_source": data_source_of(dataset)})
+    dataset = DSprites(disentangle.data_dir)
+    if disentangle.data_dir is not None and dataset.source != "npz":  # e.g. a worker node without the file
+        raise DataError(f"{disentangle.data_dir} has no dSprites npz on this node; the sweep was started with it")
+    state = DisentangleState(disentangle, dataset, device=device)
+    run_trial(state, schedule, {"device": str(device), **device_tags, "data_source": data_source_of(dataset)})
 
 
 def data_source_of(dataset: DSprites) -> str:

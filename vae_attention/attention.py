@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +42,10 @@ GradNorm = Literal["none", "per_image", "batch"]
 Activation = Literal["relu", "abs", "none"]
 GradMethod = Literal["auto", "loop", "batched"]
 
-SCORES = ("sum", "per_dim", "mean_per_dim")
-GRAD_NORMS = ("none", "per_image", "batch")
-ACTIVATIONS = ("relu", "abs", "none")
-GRAD_METHODS = ("auto", "loop", "batched")
+SCORES = get_args(Score)
+GRAD_NORMS = get_args(GradNorm)
+ACTIVATIONS = get_args(Activation)
+GRAD_METHODS = get_args(GradMethod)
 
 # Guards the RMS division for an all-zero gradient (dead layer); gradients here are ~1e-4..1e0.
 _RMS_EPS = 1e-12

@@ -1,12 +1,15 @@
 """Typed dataclass configs built from plain dicts (Ray param spaces, JSON, ``--set key=value``).
 
 ``config_from_dict`` rejects unknown keys and coerces values to the field's annotated type, so a typo in a
-sweep definition fails before any trial starts instead of being silently ignored.
+sweep definition fails before any trial starts instead of being silently ignored. Enum-like fields are typed
+with ``Literal`` aliases: the loader rejects other values, and ``check_choices`` (called by each config's
+``__post_init__``) does the same for configs built directly, with the same one-line message.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -36,7 +39,7 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
         raise ConfigError(errors[0] if errors else f"{name}: cannot use {value!r}")
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(str, args))}")
+            raise ConfigError(_not_one_of(name, value, args))
         return value
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else list(value)
@@ -65,6 +68,25 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{name}={value!r} is not a valid {kind.__name__}") from None
     return value
+
+
+def _not_one_of(name: str, value: Any, choices: tuple) -> str:
+    return f"{name}={value!r} is not one of {', '.join(map(str, choices))}"
+
+
+@functools.cache
+def _literal_fields(cls: type) -> dict[str, tuple]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(cls)
+            if typing.get_origin(hints[f.name]) is typing.Literal}
+
+
+def check_choices(config: Any) -> None:
+    """``ConfigError`` unless every ``Literal``-typed field of the dataclass ``config`` holds one of its values."""
+    for name, choices in _literal_fields(type(config)).items():
+        value = getattr(config, name)
+        if value not in choices:
+            raise ConfigError(_not_one_of(name, value, choices))
 
 
 def config_from_dict(cls: type[T], values: Mapping[str, Any]) -> T:

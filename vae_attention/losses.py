@@ -3,21 +3,21 @@
 Units: nats per image (sums over pixels / latent dims, means over the batch). On dSprites a trained VAE has
 recon ≈ 30–60 and KL ≈ 20–30 nats, while L_AD lies in [0, 1]: λ·L_AD needs λ ≫ 1 to compete with the ELBO.
 
-The FactorVAE two-optimiser update is written out in ``vae_attention.training.disentangle.train_step``;
+The FactorVAE two-optimiser update is written out in ``vae_attention.training.disentangle.step.train_step``;
 these functions only compute numbers.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
 from vae_attention.errors import ConfigError
 
-PairPolicy = Literal["consecutive_dims", "consecutive_images", "random_pair", "top2"]
-PAIR_POLICIES = ("consecutive_dims", "consecutive_images", "random_pair", "top2")
+PairPolicy = Literal["consecutive_dims", "consecutive_images", "random_pair", "top2", "all_pairs"]
+PAIR_POLICIES = get_args(PairPolicy)
 
 # Only guards the division for maps with a tiny total response; all-zero pairs are dropped before dividing.
 # Map sums at initialisation are ~1e-4 per image, so 1e-12 leaves the ratio untouched.
@@ -101,8 +101,8 @@ def top2_dims(maps: torch.Tensor) -> torch.Tensor:
 def select_pair_dims(policy: str, z_dim: int, generator: torch.Generator | None = None) -> list[int] | None:
     """The latent dims whose maps a training step must compute for ``policy``.
 
-    ``None`` means all of them (``consecutive_dims``, and ``top2``, which ranks all dims before recomputing
-    two); ``random_pair`` needs two; ``consecutive_images`` uses one Σμ map per image instead.
+    ``None`` means all of them (``consecutive_dims``, ``all_pairs``, and ``top2``, which ranks all dims before
+    recomputing two); ``random_pair`` needs two; ``consecutive_images`` uses one Σμ map per image instead.
     """
     if policy not in PAIR_POLICIES:
         raise ConfigError(f"pairs={policy!r} is not one of {', '.join(PAIR_POLICIES)}")
@@ -124,31 +124,82 @@ def attention_disentanglement(
     - ``consecutive_images``: images (0,1), (1,2), … of the batch (what the seed's code computed).
     - ``random_pair``: two distinct dims drawn from ``generator``.
     - ``top2``: per image, the two dims with the highest total response (the choice carries no gradient).
-    For the last two, maps with n = 2 are taken as the chosen pair (the training step computes only those).
+    - ``all_pairs``: every pair of dims (i < j) of each image, n(n−1)/2 of them (see ``ad_map_pairs``).
+    For ``random_pair`` and ``top2``, maps with n = 2 are taken as the chosen pair (the training step computes
+    only those).
     Pairs whose two maps are both all-zero are dropped (0/0); if every pair is dropped the loss is 0.
+    """
+    a1, a2 = ad_map_pairs(maps, pairs, generator)
+    return _mean_overlap(maps, a1, a2)
+
+
+def ad_map_pairs(
+    maps: torch.Tensor,
+    pairs: PairPolicy = "consecutive_dims",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two sides (A¹, A²) of every map pair L_AD compares under ``pairs`` (see ``attention_disentanglement``).
+
+    Returns two tensors of the same shape (…, P, H, W) whose entries at one index form one pair: (B, n−1, H, W)
+    for ``consecutive_dims``, (B−1, H, W) for ``consecutive_images``, (B, 1, H, W) for ``random_pair``/``top2``
+    and (B, n(n−1)/2, H, W) for ``all_pairs``, whose pairs are (i, j), i < j, in ``torch.triu_indices`` order
+    (memory: n(n−1)/2 copies of a map per image where the others index a view).
     """
     if pairs not in PAIR_POLICIES:
         raise ConfigError(f"pairs={pairs!r} is not one of {', '.join(PAIR_POLICIES)}")
     if pairs == "consecutive_images":
         if maps.dim() != 3 or maps.shape[0] < 2:
             raise ConfigError(f"pairs='consecutive_images' needs (B≥2, H, W) maps, got {tuple(maps.shape)}")
-        a1, a2 = maps[:-1], maps[1:]
+        return maps[:-1], maps[1:]
+    if maps.dim() != 4 or maps.shape[1] < 2:
+        raise ConfigError(f"pairs={pairs!r} needs (B, n≥2, H, W) per-dimension maps, got {tuple(maps.shape)}")
+    if pairs == "consecutive_dims":
+        return maps[:, :-1], maps[:, 1:]
+    if pairs == "all_pairs":
+        first, second = torch.triu_indices(maps.shape[1], maps.shape[1], offset=1, device=maps.device)
+        return maps[:, first], maps[:, second]
+    if maps.shape[1] == 2:  # the step already computed only the chosen pair
+        index = torch.tensor([0, 1], device=maps.device).expand(maps.shape[0], 2)
+    elif pairs == "random_pair":
+        index = _random_dim_pair(maps.shape[1], generator, maps.device).expand(maps.shape[0], 2)
     else:
-        if maps.dim() != 4 or maps.shape[1] < 2:
-            raise ConfigError(f"pairs={pairs!r} needs (B, n≥2, H, W) per-dimension maps, got {tuple(maps.shape)}")
-        if pairs == "consecutive_dims":
-            a1, a2 = maps[:, :-1], maps[:, 1:]
-        else:
-            if maps.shape[1] == 2:  # the step already computed only the chosen pair
-                index = torch.tensor([0, 1], device=maps.device).expand(maps.shape[0], 2)
-            elif pairs == "random_pair":
-                index = _random_dim_pair(maps.shape[1], generator, maps.device).expand(maps.shape[0], 2)
-            else:
-                index = top2_dims(maps)
-            chosen = torch.gather(maps, 1, index[:, :, None, None].expand(-1, -1, *maps.shape[-2:]))
-            a1, a2 = chosen[:, :1], chosen[:, 1:]
+        index = top2_dims(maps)
+    chosen = torch.gather(maps, 1, index[:, :, None, None].expand(-1, -1, *maps.shape[-2:]))
+    return chosen[:, :1], chosen[:, 1:]
 
+
+def _mean_overlap(maps: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
+    """Mean ``map_overlap`` over the pairs that are not both all-zero; 0 (graph kept) if none is left."""
     keep = ~(is_zero_map(a1) & is_zero_map(a2))
     if not bool(keep.any()):
         return maps.sum() * 0.0  # keeps the graph connected for callers that backpropagate unconditionally
     return map_overlap(a1, a2)[keep].mean()
+
+
+def ad_pair_fractions(a1: torch.Tensor, a2: torch.Tensor) -> dict[str, float]:
+    """How many of the pairs (from ``ad_map_pairs``) carry no signal, logged next to ``zero_map_fraction``.
+
+    - ``dropped_pair_fraction``: both maps all-zero (0/0): the pair is left out of L_AD's mean.
+    - ``zero_score_pair_fraction``: exactly one map all-zero: the pair is kept and scores exactly 0, so L_AD
+      can fall by silencing maps (a ReLU map of an all-negative CAM) rather than by separating them.
+    - ``num_pairs``: the number of pairs, P per image times the images (B − 1 for ``consecutive_images``).
+    """
+    z1, z2 = is_zero_map(a1), is_zero_map(a2)
+    num = z1.numel()
+    if num == 0:
+        return {"dropped_pair_fraction": float("nan"), "zero_score_pair_fraction": float("nan"), "num_pairs": 0}
+    return {
+        "dropped_pair_fraction": float((z1 & z2).sum()) / num,
+        "zero_score_pair_fraction": float((z1 ^ z2).sum()) / num,
+        "num_pairs": num,
+    }
+
+
+def attention_disentanglement_with_stats(
+    maps: torch.Tensor,
+    pairs: PairPolicy = "consecutive_dims",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(L_AD, ``ad_pair_fractions``) from one choice of pairs (one draw from ``generator`` for ``random_pair``)."""
+    a1, a2 = ad_map_pairs(maps, pairs, generator)
+    return _mean_overlap(maps, a1, a2), ad_pair_fractions(a1, a2)

@@ -8,16 +8,14 @@ trial's checkpoint is written by the node that runs it, so storage must be share
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
 import pytest
-from conftest import TINY_SWEEP, cli_env, free_port, run_cli
+from helpers.processes import TINY_SWEEP, cli_env, free_port, run_cli, spawn, stop_group
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.cluster
@@ -35,8 +33,8 @@ print(json.dumps([{"id": n["NodeID"], "resources": n["Resources"]} for n in ray.
 def _start_node(args: list[str], log_path) -> subprocess.Popen:
     """``ray start ... --block`` in a process group of its own, so teardown can kill exactly this node."""
     with open(log_path, "wb") as log:
-        return subprocess.Popen([*RAY_CLI, "start", *args, "--disable-usage-stats", "--block"], env=cli_env(),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return spawn([*RAY_CLI, "start", *args, "--disable-usage-stats", "--block"], stdout=log,
+                     stderr=subprocess.STDOUT)
 
 
 def _tail(path, n=2000) -> str:
@@ -87,11 +85,7 @@ def two_node_cluster(tmp_path):
         yield address
     finally:
         for node in reversed(nodes):
-            try:
-                os.killpg(node.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            node.wait(timeout=30)
+            stop_group(node)
         shutil.rmtree(temp_root, ignore_errors=True)
 
 

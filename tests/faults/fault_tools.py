@@ -1,7 +1,7 @@
 """Helpers of the fault tests: start and SIGKILL real `study.run` drivers, read Ray's experiment state.
 
-Not a conftest (``from conftest import …`` must keep finding ``tests/conftest.py``); a plain module that
-pytest's rootdir import mode puts on ``sys.path`` beside the fault tests.
+A plain module that pytest's rootdir import mode puts on ``sys.path`` beside the fault tests; the process
+helpers themselves live in ``tests/helpers/processes.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from contextlib import closing
 from pathlib import Path
 
 import torch
-from conftest import TINY_SWEEP, kill_when, start_cli  # noqa: F401  (re-exported for the fault tests)
+from helpers.processes import TINY_SWEEP, kill_when, start_cli  # noqa: F401  (re-exported for the fault tests)
 from mlflow import MlflowClient
 
 # TINY_SWEEP with the default discriminator (6 × 1000 units): a checkpoint with Adam state is ~66 MB, so

@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import TINY_SWEEP, run_cli
 from fault_tools import steps, trial_runs
+from helpers.processes import TINY_SWEEP, run_cli
 
 from study.tracking import error_reason
 from vae_attention.errors import ConfigError, TrainingDiverged
@@ -55,6 +55,7 @@ class _Trainee:
     """A stand-in trainee whose loss turns NaN at unit ``nan_at`` (units are epochs, as for anomaly models)."""
 
     step_key = "epoch"
+    loss_keys = ("loss", "recon_loss", "kld")
 
     def __init__(self, nan_at):
         self.progress, self.nan_at = 0, nan_at

@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import TINY_SWEEP, run_cli
 from fault_tools import (
     BIG_CHECKPOINTS,
     checkpoint_dirs,
@@ -25,6 +24,7 @@ from fault_tools import (
     steps,
     trial_runs,
 )
+from helpers.processes import TINY_SWEEP, run_cli
 
 ITERATIONS = 30  # checkpoints at 10, 20, 30: Ray registers two, then the third is being written
 SWEEP = ["disentangle", "--quick", "--iterations", ITERATIONS, *BIG_CHECKPOINTS, "--set", "checkpoint_every=10",

@@ -11,7 +11,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import TINY_SWEEP, run_cli
 from fault_tools import (
     checkpoint_problem,
     kill_when,
@@ -20,6 +19,7 @@ from fault_tools import (
     steps,
     trial_runs,
 )
+from helpers.processes import TINY_SWEEP, run_cli, stop_group
 
 from study.run import main
 
@@ -103,7 +103,7 @@ def _main_without_ray(args, monkeypatch, capsys):
     def ray_must_not_start(address):
         raise AssertionError("Ray was started although --storage cannot be written")
 
-    monkeypatch.setattr("study.sweep.connect_ray", ray_must_not_start)
+    monkeypatch.setattr("study.launch.connect_ray", ray_must_not_start)
     code = main(args)
     assert not ray.is_initialized()
     return code, capsys.readouterr().err
@@ -177,9 +177,7 @@ def test_full_disk_fails_the_trial_in_one_line_and_keeps_earlier_results(ray_add
                 time.sleep(0.02)
             code = driver.wait(timeout=300)
         finally:
-            if driver.poll() is None:
-                driver.kill()
-                driver.wait()
+            stop_group(driver)
             for stream in driver.logs:
                 stream.close()
         out, err = (tmp_path / "driver.out").read_text(), (tmp_path / "driver.err").read_text()

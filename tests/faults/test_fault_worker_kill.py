@@ -5,8 +5,8 @@ import os
 import signal
 import time
 
-from conftest import TINY_SWEEP
 from fault_tools import result_lines, start_cli, steps, trial_runs
+from helpers.processes import TINY_SWEEP, stop_group
 
 ITERATIONS = 60  # room after the first synced checkpoint (iteration 20) to kill the worker mid-run
 
@@ -35,9 +35,7 @@ def test_killed_worker_is_retried_from_its_last_checkpoint(ray_address, tmp_path
         os.kill(pid, signal.SIGKILL)
         assert driver.wait(timeout=300) == 0, (tmp_path / "driver.err").read_text()[-3000:]
     finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait()
+        stop_group(driver)
         for stream in driver.logs:
             stream.close()
     out = (tmp_path / "driver.out").read_text()

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from vae_attention.errors import ConfigError
-from vae_attention.metrics import factor_vae_metric
+from vae_attention.metrics import factor_vae_metric, seed_variant_metric
 from vae_attention.metrics.factor_vae import dlib_vote_argmins, majority_vote_accuracy, vote_matrix
 
 SIZES = (3, 6, 10, 8, 8)  # 11520 images: small enough that the cache sees repeats
 # Small but stable: 500 training votes put ~100 on each of 5 factors.
 DLIB_KW = {"batch_size": 64, "num_train": 500, "num_eval": 300, "num_variance_estimate": 2000}
-SEED_KW = {"variant": "seed"}  # the seed code's own L=100 and 800 votes
+SEED_KW = {"metric": seed_variant_metric}  # the seed code's own L=100 and 800 votes
 LOGVAR_CONFIDENT = float(np.log(1e-3))  # KL to N(0,1) ~ 3 nats per dim, well above the 0.01 cut
 
 
@@ -98,7 +98,9 @@ def noise_fn(seed, with_logvar):
 
 
 def _run(fn, kw, seed=0, data=None):
-    return factor_vae_metric(fn, data or ToyData(), np.random.default_rng(seed), **kw)
+    kw = dict(kw)
+    metric = kw.pop("metric", factor_vae_metric)
+    return metric(fn, data or ToyData(), np.random.default_rng(seed), **kw)
 
 
 @pytest.mark.parametrize(("fn", "kw"), [(identity, DLIB_KW), (identity_with_logvar, SEED_KW),
@@ -169,7 +171,7 @@ def test_chunks_never_exceed_1024_images():
 def test_seed_variant_resolves_defaults_and_explicit_values():
     out = _run(identity_with_logvar, SEED_KW)
     assert (out["batch_size"], out["num_votes"], out["num_drawn"]) == (100, 800, 80000)
-    out = _run(identity_with_logvar, {"variant": "seed", "batch_size": 20, "num_train": 403})
+    out = _run(identity_with_logvar, {**SEED_KW, "batch_size": 20, "num_votes": 403})
     assert (out["batch_size"], out["num_votes"]) == (20, 400)  # 403 // 5 = 80 votes per factor
 
 
@@ -203,12 +205,11 @@ def test_vote_rule_on_hand_made_votes():
 
 
 @pytest.mark.parametrize(("kw", "fn"), [
-    ({"variant": "dci"}, identity),
-    ({"variant": "seed"}, identity),  # no logvar
+    (SEED_KW, identity),  # no logvar
     ({"batch_size": 1}, identity),
     ({"num_eval": 0}, identity),
     ({"prune_threshold": -1.0}, identity),
-    ({"variant": "seed", "num_train": 3}, identity_with_logvar),  # fewer votes than factors
+    ({**SEED_KW, "num_votes": 3}, identity_with_logvar),  # fewer votes than factors
     ({**DLIB_KW, "num_variance_estimate": 10}, lambda x: np.zeros(len(x))),  # mu not 2-D
 ])
 def test_bad_input_raises_config_error(kw, fn):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from vae_attention.data import DSprites
-from vae_attention.metrics import factor_vae_metric
-from vae_attention.training import DisentangleConfig, TrainState
+from vae_attention.metrics import factor_vae_metric, seed_variant_metric
+from vae_attention.training import DisentangleConfig, DisentangleState
 
 SMALL_VOTES = dict(num_train=400, num_eval=200, num_variance_estimate=2000)
 
@@ -37,17 +37,20 @@ def test_image_moments_disentangle_three_of_five_factors(dsprites, variant):
         codes = moments(x)
         return (codes, torch.full_like(codes, -5.0)) if variant == "seed" else codes
 
-    result = factor_vae_metric(rep, dsprites, np.random.default_rng(0), variant=variant, **SMALL_VOTES)
+    if variant == "seed":
+        result = seed_variant_metric(rep, dsprites, np.random.default_rng(0), num_votes=SMALL_VOTES["num_train"])
+    else:
+        result = factor_vae_metric(rep, dsprites, np.random.default_rng(0), **SMALL_VOTES)
     assert result["num_active_dims"] == 3
     assert 0.55 <= result["eval_accuracy"] <= 0.75, result
 
 
 def test_untrained_vae_scores_in_range_and_evaluation_leaves_training_rng_alone(dsprites):
-    state = TrainState(DisentangleConfig(d_hidden_units=32, d_hidden_layers=1, eval_size=100), dsprites)
+    state = DisentangleState(DisentangleConfig(d_hidden_units=32, d_hidden_layers=1, eval_size=100), dsprites)
     before = state.rng.bit_generator.state
     result = factor_vae_metric(lambda x: state.representation(x)[0], dsprites, np.random.default_rng(0),
                                batch_size=16, **SMALL_VOTES)
-    seed = factor_vae_metric(state.representation, dsprites, np.random.default_rng(0), variant="seed",
-                             batch_size=20, num_train=100)
+    seed = seed_variant_metric(state.representation, dsprites, np.random.default_rng(0), batch_size=20,
+                               num_votes=100)
     assert 0.0 <= result["eval_accuracy"] <= 1.0 and 0.0 <= seed["eval_accuracy"] <= 1.0
     assert state.rng.bit_generator.state == before

@@ -3,23 +3,23 @@
 import json
 
 import torch
-from conftest import TINY_SWEEP, kill_after_first_checkpoint, run_cli
+from helpers.processes import TINY_SWEEP, kill_after_first_checkpoint, run_cli
 from mlflow import MlflowClient
 
-from search_spaces.disentangle import split_trial
+from search_spaces.disentangle import trial_configs
 from vae_attention.data import DSprites
-from vae_attention.training import TrainState
+from vae_attention.training import DisentangleState
 
 ITERATIONS = 150
 
 
 def _uninterrupted_weights(params):
     """The same trial run straight through in this process: the oracle for bit-identical resume."""
-    science, _ = split_trial(params)
+    science, _ = trial_configs(params)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the trial ran with 1 CPU = 1 torch thread; sums depend on the thread count
     try:
-        state = TrainState(science, DSprites(science.data_dir), device="cpu")
+        state = DisentangleState(science, DSprites(science.data_dir), device="cpu")
         while state.iteration < ITERATIONS:
             state.step()
     finally:

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from conftest import kill_after_first_checkpoint, run_cli
+from helpers.processes import kill_after_first_checkpoint, run_cli
 from mlflow import MlflowClient
 
-from search_spaces.anomaly import split_trial
+from search_spaces.anomaly import trial_config
 from study.run import main
 from vae_attention.training import AnomalyState
 
@@ -65,7 +65,7 @@ def test_mvtec_quick_sweep_survives_sigkill_and_resumes(ray_address, mvtec_root,
     assert run.data.tags["data_source"] == f"mvtec:{root}"
 
     # bit-identical to the same trial run straight through in this process (1 thread, as the trial)
-    config = split_trial(json.loads(open(client.download_artifacts(run.info.run_id, "config.json",
+    config = trial_config(json.loads(open(client.download_artifacts(run.info.run_id, "config.json",
                                                                    str(tmp_path))).read()))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers.processes import run_cli
 from mlflow import MlflowClient
 
 from search_spaces.disentangle import get_study
@@ -72,7 +72,7 @@ def test_metric_steps_are_iterations_strictly_increasing(quick_sweep):
 def test_official_npz_in_data_dir_is_used_and_tagged(quick_sweep):
     import hashlib
 
-    from conftest import DSPRITES_NPZ_NAME
+    from helpers.datasets import DSPRITES_NPZ_NAME
 
     digest = hashlib.sha256((quick_sweep["data_dir"] / DSPRITES_NPZ_NAME).read_bytes()).hexdigest()
     _, runs = _runs(quick_sweep)

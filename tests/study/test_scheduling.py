@@ -1,11 +1,10 @@
 """ASHA, Optuna (with --resume), fractional-GPU packing, and an MLflow tracking server, on real processes."""
 
 import socket
-import subprocess
 import sys
 import time
 
-from conftest import TINY_SWEEP, cli_env, free_port, kill_after_first_checkpoint, run_cli
+from helpers.processes import TINY_SWEEP, free_port, kill_after_first_checkpoint, run_cli, spawn, stop_group
 from mlflow import MlflowClient
 
 from study.run import main
@@ -42,7 +41,7 @@ def _suggested(space, settings, n):
 
 
 def test_optuna_search_is_seeded_and_survives_resume(ray_address, tmp_path):
-    from study.sweep import load_plan
+    from study.plan import load_plan
 
     name, storage, samples = "optuna", tmp_path / "rr", 3
     args = ["disentangle", "--quick", "--iterations", "30", *TINY_SWEEP, "--set", "eval_every=30",
@@ -78,11 +77,10 @@ def test_fractional_gpus_pack_two_trials_on_one_gpu(ray_address, tmp_path):
 
 def test_tracking_server_receives_runs_metrics_and_artifacts(ray_address, tmp_path):
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-         str(tmp_path / "artifacts"), "--workers", "1"],
-        env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # `mlflow server` forks uvicorn, job runners and huey consumers: all are killed with its process group
+    server = spawn([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                    "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+                    str(tmp_path / "artifacts"), "--workers", "1"])
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -104,8 +102,7 @@ def test_tracking_server_receives_runs_metrics_and_artifacts(ray_address, tmp_pa
             assert [m.step for m in client.get_metric_history(run.info.run_id, "recon_loss")] == [5, 10]
             assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.json", "figures", "model"}
     finally:
-        server.kill()
-        server.wait(timeout=30)
+        stop_group(server)
 
 
 def test_unreachable_tracking_server_fails_fast_in_one_line(capsys, tmp_path, monkeypatch):

@@ -129,28 +129,28 @@ def test_anomaly_state_resumes_bit_identically(mvtec_root, tmp_path):
 def test_evaluation_numbers_match_sklearn_on_the_collected_maps(mvtec_root):
     from sklearn.metrics import roc_auc_score
 
-    from vae_attention.training.anomaly_eval import collect, pixel_metrics
+    from vae_attention.training.anomaly.evaluate import collect, pixel_metrics
 
     state = AnomalyState(_mvtec_config(mvtec_root[0], num_bins=65_536), device="cpu")
     state.advance()
     state.model.eval()
     data = collect(state, [state.config.resolved_layer])
-    maps, masks = data[f"maps:{state.config.resolved_layer}"], data["masks"]
-    ours = pixel_metrics(maps, masks, data["batches"], state.config.num_bins)
+    maps, masks = data.maps[state.config.resolved_layer], data.masks
+    ours = pixel_metrics(maps, masks, data.batches, state.config.num_bins)
     expected = roc_auc_score(masks.flatten().numpy(), maps.flatten().numpy())
     assert ours["pixel_auroc"] == pytest.approx(expected, abs=1e-3)
     # the best IoU over all thresholds, brute force on the distinct scores
     flat, truth = maps.flatten(), masks.flatten().bool()
     best = max(float((truth & (flat >= t)).sum() / (truth | (flat >= t)).sum()) for t in flat.unique()[::7])
     assert ours["best_iou"] >= best - 1e-3
-    assert data["figure_images"].shape[0] == 2 and (data["labels"][data["figure_index"]] == 1).all()
+    assert data.figure_images.shape[0] == 2 and (data.labels[data.figure_index] == 1).all()
 
 
 def test_mnist_image_auroc_ranks_outlier_digits_high(mnist_root, tmp_path):
     """Direction of the image-level AUROC: outliers (label 1) must score higher to reach 1."""
     from sklearn.metrics import roc_auc_score
 
-    from vae_attention.training.anomaly_eval import collect
+    from vae_attention.training.anomaly.evaluate import collect
 
     config = AnomalyConfig(dataset="mnist", digit=1, data_dir=str(mnist_root), epochs=2, batch_size=4,
                            checkpoint_every=1, eval_every=1, figure_images=2, eval_digits=(7, 4))
@@ -160,8 +160,8 @@ def test_mnist_image_auroc_ranks_outlier_digits_high(mnist_root, tmp_path):
     metrics, _ = state.evaluate(tmp_path)
     state.model.eval()
     data = collect(state, [config.resolved_layer])
-    scores = data[f"maps:{config.resolved_layer}"].flatten(1).mean(1).numpy()
-    assert metrics["image_auroc"] == pytest.approx(roc_auc_score(data["labels"].numpy(), scores))
+    scores = data.maps[config.resolved_layer].flatten(1).mean(1).numpy()
+    assert metrics["image_auroc"] == pytest.approx(roc_auc_score(data.labels.numpy(), scores))
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(mvtec_root, tmp_path):

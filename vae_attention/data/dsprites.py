@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 NPZ_NAME = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 REPO_URL = "https://github.com/deepmind/dsprites-dataset"
 OFFICIAL_GRID = (3, 6, 40, 32, 32)  # shape, scale, orientation, posX, posY (colour, size 1, dropped)
-FACTOR_NAMES = ("shape", "scale", "orientation", "posX", "posY")
 REQUIRED_KEYS = ("imgs", "latents_classes", "latents_values", "metadata")
 GENERATOR_VERSION = 1  # bump when the rendering changes, so stale generated caches are not reused
 
@@ -263,10 +262,6 @@ class DSprites:
     def factor_sizes(self) -> list[int]:
         """Values per used factor [shape, scale, orientation, posX, posY]; official [3, 6, 40, 32, 32]."""
         return list(self._sizes)
-
-    @property
-    def factor_names(self) -> tuple[str, ...]:
-        return FACTOR_NAMES
 
     @property
     def num_images(self) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vae_attention.data.anomaly import check_split
+from vae_attention.data.image_files import check_split
 from vae_attention.errors import ConfigError, DataError
 
 # The seed implementation's evaluation protocol: normal digit -> anomalous digits shown at test time.

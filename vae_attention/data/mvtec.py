@@ -23,7 +23,7 @@ import torchvision.transforms.v2.functional as F
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import InterpolationMode
 
-from vae_attention.data.anomaly import (
+from vae_attention.data.image_files import (
     check_image_size,
     check_split,
     files_with_suffix,

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from vae_attention.data.anomaly import (
+from vae_attention.data.image_files import (
     check_image_size,
     check_split,
     files_with_suffix,

@@ -1,4 +1,4 @@
-"""FactorVAE disentanglement metric (Kim & Mnih, 2018), in two published variants.
+"""FactorVAE disentanglement metric (Kim & Mnih, 2018) as two functions, one per published definition.
 
 Source of the definition: H. Kim and A. Mnih, "Disentangling by Factorising", ICML 2018
 (arXiv:1802.05983), Section 4. For one *vote*, pick a factor k, draw L observations that share
@@ -8,7 +8,7 @@ the L codes. The pair (d, k) is one training example of a majority-vote classifi
 V[k, d], where V counts votes; the score is the classifier's accuracy. Dimensions collapsed to the
 prior are left out before the argmin.
 
-``variant="dlib"`` follows disentanglement_lib (Locatello et al., ICML 2019),
+``factor_vae_metric`` follows disentanglement_lib (Locatello et al., ICML 2019),
 ``evaluation/metrics/factor_vae.py`` with its study config (L=64, 10000 training votes, 5000
 evaluation votes, 10000 observations for the global variances, ``prune_dims.threshold=0.05``):
 
@@ -20,7 +20,7 @@ evaluation votes, 10000 observations for the global variances, ``prune_dims.thre
 4. ``C = argmax_k V_train``; ``accuracy = sum_d V[C(d), d] / sum V`` on the training votes and,
    with the same C, on a fresh set of ``num_eval`` evaluation votes.
 
-``variant="seed"`` follows the code used by the reproducibility report, which adopts
+``seed_variant_metric`` follows the code used by the reproducibility report, which adopts
 nicolasigor/FactorVAE (``vae_dsprites_v2.py``, ``evaluate_disentanglement``):
 
 1. votes are stratified: ``num_votes // K`` per factor (800 // 5 = 160 on dSprites); each vote draws
@@ -29,14 +29,12 @@ nicolasigor/FactorVAE (``vae_dsprites_v2.py``, ``evaluate_disentanglement``):
    full-factorial data such as dSprites).
 2. all vote codes (mu, logvar) are encoded; ``scale = std(mu, ddof=1)`` over all of them; a dim is
    active iff its mean KL(N(mu, exp(logvar)) || N(0, 1)) = ``0.5*(mu^2 + exp(logvar) - 1 - logvar)``
-   over all vote samples is > 0.01.
+   over all vote samples is > 0.01 nats.
 3. each vote: ``argmin over active dims of var(mu / scale, ddof=1)``; majority-vote classifier and
    its accuracy on the SAME votes, reported as both ``train_accuracy`` and ``eval_accuracy``.
 
-The 64/10000 signature defaults are disentanglement_lib's; for ``variant="seed"`` a ``batch_size``
-of exactly 64 means L = 100 and a ``num_train`` of exactly 10000 means 800 votes (the seed code's
-values); any other value is used as given. ``num_eval``, ``num_variance_estimate`` and
-``prune_threshold`` do not apply to the seed variant (its KL tolerance is fixed at 0.01).
+Each function's defaults are its own source's values (dlib: L = 64, 10000 + 5000 votes; seed code:
+L = 100, 800 votes).
 """
 
 from __future__ import annotations
@@ -49,8 +47,6 @@ import numpy as np
 
 from vae_attention.errors import ConfigError
 
-VARIANTS = ("dlib", "seed")
-
 # The caller's model sees at most this many images per call: a 64x64 dSprites batch of 1024 is
 # 16 MiB of float32 input, far below the activations of a conv encoder on one GPU.
 ENCODE_CHUNK = 1024
@@ -60,28 +56,24 @@ SEED_L = 100
 SEED_VOTES = 800
 SEED_KL_TOL = 1e-2
 
-_DLIB_BATCH_SIZE = 64
-_DLIB_NUM_TRAIN = 10000
-
 
 def factor_vae_metric(
     representation_fn: Callable[[Any], Any],
     dataset: Any,
     rng: np.random.Generator,
     *,
-    variant: str = "dlib",
     batch_size: int = 64,
     num_train: int = 10000,
     num_eval: int = 5000,
     num_variance_estimate: int = 10000,
     prune_threshold: float = 0.05,
 ) -> dict[str, float | int]:
-    """FactorVAE metric of ``representation_fn`` on ``dataset``; see the module docstring.
+    """disentanglement_lib's FactorVAE metric of ``representation_fn`` on ``dataset`` (module docstring).
 
     ``representation_fn(x)`` maps a batch from ``dataset.sample_observations_from_factors`` to
-    ``mu`` of shape (n, d) or to ``(mu, logvar)``; run it under ``torch.no_grad()`` yourself.
-    When ``dataset`` has ``index_of(factors)``, every factor row of the evaluation is drawn first
-    and each distinct image is encoded once; the result equals the uncached one for a
+    ``mu`` of shape (n, d) or to ``(mu, logvar)`` (logvar unused); run it under ``torch.no_grad()``
+    yourself. When ``dataset`` has ``index_of(factors)``, every factor row of the evaluation is drawn
+    first and each distinct image is encoded once; the result equals the uncached one for a
     deterministic representation, because the factor draws from ``rng`` are the same either way.
 
     Returns numeric values only: ``train_accuracy``, ``eval_accuracy``, ``num_active_dims``,
@@ -89,25 +81,15 @@ def factor_vae_metric(
     ``batch_size`` (the L used), ``num_votes`` (votes cast) and ``elapsed_s``.
     """
     start = time.perf_counter()
-    if variant not in VARIANTS:
-        raise ConfigError(f"factor_vae_metric: unknown variant {variant!r}; expected one of {VARIANTS}")
-    sizes = np.asarray(dataset.factor_sizes, dtype=np.int64)
-    if sizes.ndim != 1 or sizes.size == 0 or np.any(sizes < 1):
-        raise ConfigError(f"factor_vae_metric: dataset.factor_sizes must be positive ints, "
-                          f"got {sizes.tolist()}")
-    if variant == "dlib":
-        _check_int("batch_size", batch_size, 2)
-        _check_int("num_train", num_train, 1)
-        _check_int("num_eval", num_eval, 1)
-        _check_int("num_variance_estimate", num_variance_estimate, 2)
-        if prune_threshold < 0:
-            raise ConfigError(f"factor_vae_metric: prune_threshold must be >= 0, got {prune_threshold}")
-        out = _dlib(representation_fn, dataset, rng, sizes, batch_size, num_train, num_eval,
-                    num_variance_estimate, prune_threshold)
-    else:
-        big_l = SEED_L if batch_size == _DLIB_BATCH_SIZE else batch_size
-        votes = SEED_VOTES if num_train == _DLIB_NUM_TRAIN else num_train
-        return seed_variant_metric(representation_fn, dataset, rng, batch_size=big_l, num_votes=votes)
+    sizes = _factor_sizes(dataset)
+    _check_int("batch_size", batch_size, 2)
+    _check_int("num_train", num_train, 1)
+    _check_int("num_eval", num_eval, 1)
+    _check_int("num_variance_estimate", num_variance_estimate, 2)
+    if prune_threshold < 0:
+        raise ConfigError(f"factor_vae_metric: prune_threshold must be >= 0, got {prune_threshold}")
+    out = _dlib(representation_fn, dataset, rng, sizes, batch_size, num_train, num_eval,
+                num_variance_estimate, prune_threshold)
     out["elapsed_s"] = time.perf_counter() - start
     return out
 
@@ -120,27 +102,33 @@ def seed_variant_metric(
     batch_size: int = SEED_L,
     num_votes: int = SEED_VOTES,
 ) -> dict[str, float | int]:
-    """``variant="seed"`` with L and the vote count given as they are (no mapping of dlib's defaults).
+    """The reproducibility report's FactorVAE metric (nicolasigor/FactorVAE; module docstring).
 
-    ``factor_vae_metric(variant="seed")`` reads its dlib-default ``batch_size=64``/``num_train=10000`` as
-    "the seed code's L = 100 / 800 votes"; callers that need L = 64 or 10,000 votes call this directly.
+    ``batch_size`` is L, ``num_votes`` the requested vote count (cast: ``num_votes // K`` per factor).
+    ``representation_fn`` must return ``(mu, logvar)``: dims are pruned by their KL to the prior. Same
+    caching and return values as ``factor_vae_metric``; ``train_accuracy == eval_accuracy`` (one vote set).
     """
     start = time.perf_counter()
-    sizes = np.asarray(dataset.factor_sizes, dtype=np.int64)
-    if sizes.ndim != 1 or sizes.size == 0 or np.any(sizes < 1):
-        raise ConfigError(f"factor_vae_metric: dataset.factor_sizes must be positive ints, got {sizes.tolist()}")
-    _check_int("batch_size", batch_size, 2)
+    sizes = _factor_sizes(dataset)
+    _check_int("batch_size", batch_size, 2, "seed_variant_metric")
     # Stratified votes need at least one per factor.
-    _check_int("num_votes", num_votes, int(sizes.size))
+    _check_int("num_votes", num_votes, int(sizes.size), "seed_variant_metric")
     out = _seed(representation_fn, dataset, rng, sizes, batch_size, num_votes)
     out["elapsed_s"] = time.perf_counter() - start
     return out
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def _factor_sizes(dataset) -> np.ndarray:
+    sizes = np.asarray(dataset.factor_sizes, dtype=np.int64)
+    if sizes.ndim != 1 or sizes.size == 0 or np.any(sizes < 1):
+        raise ConfigError(f"factor_vae_metric: dataset.factor_sizes must be positive ints, got {sizes.tolist()}")
+    return sizes
+
+
+def _check_int(name: str, value: Any, minimum: int, caller: str = "factor_vae_metric") -> None:
     # ddof=1 variances need two samples each; a vote set must be non-empty to have an accuracy.
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"factor_vae_metric: {name} must be an int >= {minimum}, got {value!r}")
+        raise ConfigError(f"{caller}: {name} must be an int >= {minimum}, got {value!r}")
 
 
 def _dlib(representation_fn, dataset, rng, sizes, big_l, num_train, num_eval, num_var, threshold):
@@ -181,7 +169,7 @@ def _seed(representation_fn, dataset, rng, sizes, big_l, votes):
     num_factors = sizes.size
     per_factor = votes // num_factors
     # The seed code divides by the requested count; dividing by the votes cast differs only when
-    # num_train is not a multiple of the factor count (800 = 5 * 160 on dSprites).
+    # num_votes is not a multiple of the factor count (800 = 5 * 160 on dSprites).
     num_votes = per_factor * num_factors
     ks = np.repeat(np.arange(num_factors), per_factor)
     values = rng.integers(sizes[ks])
@@ -191,8 +179,8 @@ def _seed(representation_fn, dataset, rng, sizes, big_l, votes):
 
     mu, logvar, codes = _encode(representation_fn, dataset, rng, factors.reshape(-1, num_factors), _NO_CODES)
     if logvar is None:
-        raise ConfigError("factor_vae_metric: variant='seed' prunes by KL to the prior and needs "
-                          "representation_fn to return (mu, logvar)")
+        raise ConfigError("seed_variant_metric prunes by KL to the prior and needs representation_fn to "
+                          "return (mu, logvar)")
     scale = np.std(mu, axis=0, ddof=1)
     mean_kl = np.mean(0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar), axis=0)
     # The seed code divides by a zero scale (NaN ratios); a dim constant over 80k codes carries no

@@ -1,23 +1,27 @@
-"""Training without Ray: the disentanglement config, the explicit two-optimiser step and ``TrainState``."""
+"""Training without Ray: the shared loop (``loop``) and one package per study (``disentangle``, ``anomaly``),
+each with the same roles (config, state = the loop's trainee, evaluate; disentanglement also has ``step``)."""
 
-from vae_attention.training.anomaly_config import AnomalyConfig
-from vae_attention.training.anomaly_state import AnomalyState
-from vae_attention.training.config import DisentangleConfig
-from vae_attention.training.disentangle import Models, Optimizers, build_models, build_optimizers, train_step
-from vae_attention.training.disentangle_run import DisentangleTrainee, LoopConfig
-from vae_attention.training.loop import check_cadences, load_checkpoint, run_loop
-from vae_attention.training.state import MetricWindow, TrainState
+from vae_attention.training.anomaly import AnomalyConfig, AnomalyState
+from vae_attention.training.disentangle import (
+    DisentangleConfig,
+    DisentangleState,
+    Models,
+    Optimizers,
+    build_models,
+    build_optimizers,
+    train_step,
+)
+from vae_attention.training.loop import MetricWindow, Schedule, check_cadences, load_checkpoint, run_loop
 
 __all__ = [
     "AnomalyConfig",
     "AnomalyState",
     "DisentangleConfig",
-    "DisentangleTrainee",
-    "LoopConfig",
+    "DisentangleState",
     "MetricWindow",
     "Models",
     "Optimizers",
-    "TrainState",
+    "Schedule",
     "build_models",
     "build_optimizers",
     "check_cadences",

@@ -1,14 +1,15 @@
 """The training loop shared by every study: advance, report, checkpoint, evaluate. It knows nothing of Ray.
 
-A *trainee* advances in units (optimiser iterations for disentanglement, epochs for anomaly models) and
-knows how to evaluate itself; a *schedule* says every how many units to report, checkpoint and evaluate,
-and when to stop. The caller passes ``report(metrics, write_checkpoint)``: ``write_checkpoint`` is None or
-writes the checkpoint files into a directory the caller owns (the Ray adapter hands it a temp dir and
-reports it as a ``tune.Checkpoint``). Checkpoint and eval cadences are multiples of the report cadence, so
-a restored run never has a half-filled report window.
+A *trainee* advances in units (optimiser iterations for disentanglement, epochs for anomaly models), names
+the losses it reports and knows how to evaluate itself; a ``Schedule`` says every how many units to
+report, checkpoint and evaluate, and when to stop. The caller passes ``report(metrics, write_checkpoint)``:
+``write_checkpoint`` is None or writes the checkpoint files into a directory the caller owns (the Ray
+adapter hands it a temp dir and reports it as a ``tune.Checkpoint``). Checkpoint and eval cadences are
+multiples of the report cadence, so a restored run never has a half-filled report window.
 
 A checkpoint directory holds ``state.pt`` (everything to continue bit-identically on CPU),
 ``metrics.json``, after evaluations ``figures/*.png``, and in the final one ``vae.pt`` (model weights).
+Also here: ``MetricWindow`` (the per-report means every trainee keeps) and ``default_device``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import math
 import os
 import pickle
 import time
+from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,15 +33,25 @@ STATE_FILE = "state.pt"
 WEIGHTS_FILE = "vae.pt"
 METRICS_FILE = "metrics.json"
 FIGURES_DIR = "figures"
-# Window means checked after every report: a non-finite one means the run diverged (each trainee reports
-# some of these: anomaly models `loss`/`recon_loss`/`kld`, disentanglement models the rest).
-LOSS_KEYS = ("loss", "recon_loss", "kld", "vae_loss", "d_loss", "tc", "ad_loss")
 
 WriteCheckpoint = Callable[[Path], None]
 Report = Callable[[dict[str, Any], "WriteCheckpoint | None"], None]
 
 
-class Schedule(Protocol):
+def rate_metric(step_key: str) -> str:
+    """Name of the training-speed metric of every report: units per wall-clock second (``iterations_per_s``,
+    ``epochs_per_s``). The MLflow callback reads its history to find the last step a run logged."""
+    return f"{step_key}s_per_s"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the loop stops (``total`` units) and every how many units it reports, checkpoints, evaluates.
+
+    Users set these through their study's config (``iterations``/``epochs``, ``report_every``, …), which
+    builds its ``schedule`` and validates it with ``check_cadences`` under the user-facing names.
+    """
+
     total: int
     report_every: int
     checkpoint_every: int
@@ -47,6 +60,8 @@ class Schedule(Protocol):
 
 class Trainee(Protocol):
     step_key: str  # "iteration" or "epoch": the MLflow step of every report
+    # Losses among the window means: checked after every report, a non-finite one means the run diverged
+    loss_keys: tuple[str, ...]
 
     @property
     def progress(self) -> int: ...  # units done so far
@@ -64,7 +79,7 @@ class Trainee(Protocol):
     def load(self, path: Path) -> None: ...
 
 
-def check_cadences(schedule, total_name: str) -> None:
+def check_cadences(schedule: Schedule, total_name: str) -> None:
     """Positive cadences, with checkpoints and evaluations on report boundaries."""
     if schedule.total <= 0:
         raise ConfigError(f"{total_name} must be > 0, got {schedule.total}")
@@ -77,13 +92,51 @@ def check_cadences(schedule, total_name: str) -> None:
                               f"{schedule.report_every} (set it with --set report_every=N)")
 
 
-def check_finite(metrics: dict[str, Any], step_key: str, step: int) -> None:
-    """Raise ``TrainingDiverged`` naming the first loss in ``metrics`` that is NaN or infinite."""
-    for name in LOSS_KEYS:
+def check_finite(metrics: dict[str, Any], loss_keys: tuple[str, ...], step_key: str, step: int) -> None:
+    """Raise ``TrainingDiverged`` naming the first of ``loss_keys`` in ``metrics`` that is NaN or infinite."""
+    for name in loss_keys:
         value = metrics.get(name)
         if value is not None and not math.isfinite(value):
             raise TrainingDiverged(f"training diverged: {name} = {value} is not finite at {step_key} {step}; "
                                    "lower lr (or gamma/lambda_ad) and start a new sweep")
+
+
+class MetricWindow:
+    """Running sums of per-step metrics between two reports; ``means()`` then ``reset()``."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.sums[key] += value
+            self.counts[key] += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+    def reset(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+
+    def pop(self) -> dict[str, float]:
+        """The means, then a fresh window."""
+        means = self.means()
+        self.reset()
+        return means
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reset()
+        self.sums.update(state["sums"])
+        self.counts.update(state["counts"])
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -123,9 +176,9 @@ def run_loop(trainee: Trainee, schedule: Schedule, report: Report, scratch_dir: 
         metrics: dict[str, Any] = trainee.pop_window()
         # Before evaluating, reporting or checkpointing: a diverged run must not leave a NaN checkpoint
         # (a retry would resume from it) nor NaN points in its curves.
-        check_finite(metrics, key, done)
+        check_finite(metrics, trainee.loss_keys, key, done)
         metrics[key] = done
-        metrics[f"{key}s_per_s"] = units / seconds  # training only: evaluation time is not counted
+        metrics[rate_metric(key)] = units / seconds  # training only: evaluation time is not counted
         seconds, units = 0.0, 0
         figure = None
         evaluated = final or done % schedule.eval_every == 0

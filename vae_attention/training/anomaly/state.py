@@ -16,11 +16,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vae_attention import losses
+from vae_attention.attention import check_layer
 from vae_attention.config import check_same_config, config_to_dict
 from vae_attention.errors import DataError
 from vae_attention.models import MNISTConvVAE, ResNet18VAE, UCSDConvVAE
-from vae_attention.training.anomaly_config import AnomalyConfig
-from vae_attention.training.state import MetricWindow, default_device
+from vae_attention.training.anomaly.config import AnomalyConfig
+from vae_attention.training.loop import MetricWindow, default_device
 
 
 def _limit(dataset: Dataset, limit: int) -> Dataset:
@@ -31,6 +32,7 @@ def _limit(dataset: Dataset, limit: int) -> Dataset:
 
 
 def build_datasets(config: AnomalyConfig, generator: torch.Generator) -> tuple[Dataset, Dataset]:
+    # imported here: the image loaders pull in torchvision and PIL, which building only a model never needs
     from vae_attention.data import MNIST_EVAL_DIGITS, MNISTOneClass, MVTecAD, UCSDPed1
 
     if config.data_dir is None:
@@ -60,8 +62,6 @@ def build_model(config: AnomalyConfig, generator: torch.Generator) -> torch.nn.M
 
 def check_model(config: AnomalyConfig) -> None:
     """Build the model on CPU and run one blank input through it: a bad layer or size fails here, not later."""
-    from vae_attention.attention import check_layer
-
     channels = 3 if config.dataset == "mvtec" else 1
     size = config.resolved_image_size
     check_layer(build_model(config, torch.Generator().manual_seed(0)), config.resolved_layer,
@@ -69,7 +69,10 @@ def check_model(config: AnomalyConfig) -> None:
 
 
 class AnomalyState:
+    """Data, model, optimiser and generators of one run; ``advance()`` trains one epoch."""
+
     step_key = "epoch"
+    loss_keys = ("loss", "recon_loss", "kld")
 
     def __init__(self, config: AnomalyConfig, device: torch.device | str | None = None, datasets=None):
         self.config = config
@@ -113,7 +116,8 @@ class AnomalyState:
         return self.window.pop()
 
     def evaluate(self, scratch_dir: Path) -> tuple[dict[str, float], Path]:
-        from vae_attention.training.anomaly_eval import evaluate
+        # imported here: evaluation pulls in sklearn and matplotlib, which building a state never needs
+        from vae_attention.training.anomaly.evaluate import evaluate
 
         return evaluate(self, Path(scratch_dir) / f"anomaly_{self.epoch:04d}.png")
 

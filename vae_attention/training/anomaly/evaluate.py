@@ -16,7 +16,9 @@ report compared, and for MNIST (no masks) ``image_auroc``: inlier vs outlier dig
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from sklearn.metrics import roc_auc_score
@@ -27,46 +29,70 @@ from vae_attention.figures import anomaly_grid_figure
 from vae_attention.metrics import PixelScoreAccumulator
 from vae_attention.models import UCSD_ATTENTION_LAYERS
 
+if TYPE_CHECKING:
+    from vae_attention.training.anomaly.state import AnomalyState
 
-def _maps(state, x: torch.Tensor, layer: str) -> torch.Tensor:
+
+def _maps(state: AnomalyState, x: torch.Tensor, layer: str) -> torch.Tensor:
     cfg = state.config
     return attention_maps(state.model, x, layer, score=cfg.score, activation=cfg.resolved_activation,
                           normalize_grads=cfg.normalize_grads, size=tuple(x.shape[-2:]),
                           upsample_first=cfg.upsample_first)
 
 
-def collect(state, layers: list[str]) -> dict:
-    """Per test image: labels, masks, attention maps per layer and recon-error maps (CPU tensors), plus
-    the inputs of the figure's images (the first defective ones, else the first ones)."""
+@dataclass(frozen=True)
+class Collected:
+    """One pass over the test set, in test-set order, on CPU."""
+
+    maps: dict[str, torch.Tensor]  # layer -> (N, H, W) float32 attention maps
+    baseline: torch.Tensor  # (N, H, W) reconstruction-error maps: mean over channels of |x - sigmoid(logits)|
+    labels: torch.Tensor  # (N,) 1 = anomalous image
+    masks: torch.Tensor | None  # (N, H, W) uint8 pixel masks; None for test sets without masks (MNIST)
+    batches: list[slice]  # the test batches as index ranges (per-batch IoU)
+    figure_index: torch.Tensor  # test-set indices of the figure's images
+    figure_images: torch.Tensor  # (n, C, H, W) their inputs
+
+
+def collect(state: AnomalyState, layers: list[str]) -> Collected:
+    """Per test image: labels, masks, attention maps per layer and recon-error maps, plus the inputs of the
+    figure's images (the first defective ones, else the first ones)."""
     cfg = state.config
     loader = DataLoader(state.test_set, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
-    out: dict = {"masks": [], "labels": [], "baseline": [], "batches": [], **{f"maps:{layer}": [] for layer in layers}}
+    maps: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+    baseline, masks, labels, batches = [], [], [], []
     figure: dict[str, list] = {"defective": [], "any": []}
+    figure_inputs: dict[int, torch.Tensor] = {}
     start = 0
     for batch in loader:
         x = batch["image"].to(state.device)
         for layer in layers:
-            out[f"maps:{layer}"].append(_maps(state, x, layer).cpu())
+            maps[layer].append(_maps(state, x, layer).cpu())
         with torch.no_grad():
             recon = torch.sigmoid(state.model(x).recon_logits)
-        out["baseline"].append((x - recon).abs().mean(dim=1).cpu())
+        baseline.append((x - recon).abs().mean(dim=1).cpu())
         if "mask" in batch:
-            out["masks"].append(batch["mask"][:, 0].to(torch.uint8))
+            masks.append(batch["mask"][:, 0].to(torch.uint8))
         # UCSD frames carry no label: a frame is anomalous when its mask has any anomalous pixel
         label = batch["label"] if "label" in batch else (batch["mask"].flatten(1).amax(1) > 0).long()
         label = torch.as_tensor(label)
-        out["labels"].append(label)
+        labels.append(label)
         for i in range(x.shape[0]):
             for kind in ("defective", "any") if label[i] == 1 else ("any",):
                 if len(figure[kind]) < cfg.figure_images:
                     figure[kind].append(start + i)
-                    out.setdefault("figure_images", {})[start + i] = x[i].cpu()
-        out["batches"].append(slice(start, start + x.shape[0]))
+                    figure_inputs[start + i] = x[i].cpu()
+        batches.append(slice(start, start + x.shape[0]))
         start += x.shape[0]
     chosen = figure["defective"] or figure["any"]
-    out["figure_index"] = torch.as_tensor(chosen)
-    out["figure_images"] = torch.stack([out["figure_images"][i] for i in chosen])
-    return {k: (torch.cat(v) if isinstance(v, list) and v and k != "batches" else v) for k, v in out.items()}
+    return Collected(
+        maps={layer: torch.cat(parts) for layer, parts in maps.items()},
+        baseline=torch.cat(baseline),
+        labels=torch.cat(labels),
+        masks=torch.cat(masks) if masks else None,
+        batches=batches,
+        figure_index=torch.as_tensor(chosen),
+        figure_images=torch.stack([figure_inputs[i] for i in chosen]),
+    )
 
 
 def pixel_metrics(maps: torch.Tensor, masks: torch.Tensor, batches: list[slice], num_bins: int) -> dict:
@@ -78,7 +104,7 @@ def pixel_metrics(maps: torch.Tensor, masks: torch.Tensor, batches: list[slice],
     return accumulator.compute()
 
 
-def evaluate(state, figure_path: Path) -> tuple[dict[str, float], Path]:
+def evaluate(state: AnomalyState, figure_path: Path) -> tuple[dict[str, float], Path]:
     cfg = state.config
     layers = [cfg.resolved_layer]
     if cfg.dataset == "ucsd":
@@ -88,21 +114,21 @@ def evaluate(state, figure_path: Path) -> tuple[dict[str, float], Path]:
         data = collect(state, layers)
     finally:
         state.model.train()
-    maps = data[f"maps:{cfg.resolved_layer}"]
-    labels = data["labels"].numpy()
+    maps = data.maps[cfg.resolved_layer]
+    labels = data.labels.numpy()
     metrics: dict[str, float] = {}
     threshold = None
     if cfg.dataset == "mnist":
         if 0 < labels.sum() < len(labels):
             metrics["image_auroc"] = float(roc_auc_score(labels, maps.flatten(1).mean(1).numpy()))
-            metrics["baseline_image_auroc"] = float(roc_auc_score(labels, data["baseline"].flatten(1).mean(1).numpy()))
+            metrics["baseline_image_auroc"] = float(roc_auc_score(labels, data.baseline.flatten(1).mean(1).numpy()))
     else:
-        masks, batches = data["masks"], data["batches"]
+        masks, batches = data.masks, data.batches
         main = pixel_metrics(maps, masks, batches, cfg.num_bins)
         threshold = main["best_threshold"]
         metrics.update({k: float(main[k]) for k in ("pixel_auroc", "best_iou", "best_threshold",
                                                      "best_iou_per_batch")})
-        base = pixel_metrics(data["baseline"], masks, batches, cfg.num_bins)
+        base = pixel_metrics(data.baseline, masks, batches, cfg.num_bins)
         metrics.update(baseline_pixel_auroc=float(base["pixel_auroc"]), baseline_best_iou=float(base["best_iou"]))
         if cfg.dataset == "mvtec":
             defective = torch.as_tensor(labels == 1)
@@ -112,14 +138,14 @@ def evaluate(state, figure_path: Path) -> tuple[dict[str, float], Path]:
                 metrics.update(pixel_auroc_no_good=float(only["pixel_auroc"]),
                                best_iou_no_good=float(only["best_iou"]))
         for layer in layers[1:]:
-            other = pixel_metrics(data[f"maps:{layer}"], masks, batches, cfg.num_bins)
+            other = pixel_metrics(data.maps[layer], masks, batches, cfg.num_bins)
             metrics[f"pixel_auroc/{layer}"] = float(other["pixel_auroc"])
         if cfg.dataset == "ucsd":
             metrics[f"pixel_auroc/{cfg.resolved_layer}"] = metrics["pixel_auroc"]
-    index = data["figure_index"]
+    index = data.figure_index
     title = (f"{cfg.dataset} {cfg.category if cfg.dataset == 'mvtec' else ''} layer {cfg.resolved_layer} "
              f"({cfg.attention}) epoch {state.epoch}")
-    anomaly_grid_figure(data["figure_images"], data["masks"][index] if len(data["masks"]) else None,
+    anomaly_grid_figure(data.figure_images, data.masks[index] if data.masks is not None else None,
                         maps[index], threshold, title=title, path=figure_path, score_range=(float(maps.min()),
                                                                                              float(maps.max())))
     return metrics, figure_path

@@ -15,40 +15,45 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
-from vae_attention.attention import ACTIVATIONS, GRAD_NORMS
-from vae_attention.config import config_from_dict
+from vae_attention.attention import Activation, GradNorm
+from vae_attention.config import check_choices, config_from_dict
 from vae_attention.errors import ConfigError
 from vae_attention.models import DEFAULT_RESNET_LAYER
-from vae_attention.training.loop import check_cadences
+from vae_attention.training.loop import Schedule, check_cadences
 
-DATASETS = ("mnist", "ucsd", "mvtec")
+DatasetName = Literal["mnist", "ucsd", "mvtec"]
+AttentionMode = Literal["authors", "paper"]
+AnomalyActivation = Literal["auto", Activation]  # "auto": the attention mode's own
+GtPolicy = Literal["gt_only", "all_clips"]  # UCSD test clips: only those with pixel masks, or all of them
+
+DATASETS = get_args(DatasetName)
 # mode -> (score, activation, activate after upsampling)
-ATTENTION_MODES = {"authors": ("sum", "abs", True), "paper": ("mean_per_dim", "relu", False)}
-GT_POLICIES = ("gt_only", "all_clips")  # UCSD test clips: only those with pixel masks, or all of them
+ATTENTION_MODES: dict[str, tuple[str, str, bool]] = {"authors": ("sum", "abs", True),
+                                                     "paper": ("mean_per_dim", "relu", False)}
 DEFAULT_IMAGE_SIZE = {"mnist": 28, "ucsd": 100, "mvtec": 256}
 DEFAULT_LAYER = {"mnist": "encoder.2", "ucsd": "encoder.4", "mvtec": DEFAULT_RESNET_LAYER}
 
 
 @dataclass(frozen=True)
 class AnomalyConfig:
-    dataset: str = "mnist"
+    dataset: DatasetName = "mnist"
     category: str = ""  # MVTec-AD only (required there)
     digit: int | None = None  # MNIST only (required there): the inlier digit
     eval_digits: tuple[int, ...] = ()  # MNIST outlier digits at test time; () = the report's choice or all others
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
-    epochs: int = 200
+    epochs: int = 200  # with report_every, checkpoint_every, eval_every: the schedule, in epochs
     batch_size: int = 128
     image_size: int = 0  # 0 = the dataset's (28, 100, 256)
     z_dim: int = 32
     attention_layer: str = ""  # "" = the dataset's default (MNIST encoder.2, UCSD encoder.4, ResNet layer3)
-    attention: str = "authors"
-    activation: str = "auto"
-    normalize_grads: str = "none"  # "batch" (the authors' code) couples images: never for pooled pixel metrics
-    gt_policy: str = "gt_only"
+    attention: AttentionMode = "authors"
+    activation: AnomalyActivation = "auto"
+    normalize_grads: GradNorm = "none"  # "batch" (the authors' code) couples images: never for pooled pixel metrics
+    gt_policy: GtPolicy = "gt_only"
     augment: bool = True  # MVTec-AD training flips and small rotations
     max_train_images: int = 0  # 0 = all; smaller for quick runs and tests
     max_test_images: int = 0
@@ -61,8 +66,8 @@ class AnomalyConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_choices(self)
         checks = [
-            (self.dataset in DATASETS, f"dataset={self.dataset!r} is not one of {', '.join(DATASETS)}"),
             (self.dataset != "mnist" or self.digit in range(10), f"MNIST needs digit 0..9, got {self.digit}"),
             (self.dataset != "mvtec" or bool(self.category), "MVTec-AD needs a category"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
@@ -70,10 +75,6 @@ class AnomalyConfig:
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.image_size >= 0, f"image_size must be >= 0, got {self.image_size}"),
             (self.z_dim >= 1, f"z_dim must be >= 1, got {self.z_dim}"),
-            (self.attention in ATTENTION_MODES, f"attention={self.attention!r} is not one of authors, paper"),
-            (self.activation in ("auto", *ACTIVATIONS), f"activation={self.activation!r} not in auto, {ACTIVATIONS}"),
-            (self.normalize_grads in GRAD_NORMS, f"normalize_grads={self.normalize_grads!r} not in {GRAD_NORMS}"),
-            (self.gt_policy in GT_POLICIES, f"gt_policy={self.gt_policy!r} is not one of {', '.join(GT_POLICIES)}"),
             (self.max_train_images >= 0 and self.max_test_images >= 0, "max_*_images must be >= 0"),
             (self.num_bins >= 2, f"num_bins must be >= 2, got {self.num_bins}"),
             (self.figure_images >= 1, f"figure_images must be >= 1, got {self.figure_images}"),
@@ -87,11 +88,11 @@ class AnomalyConfig:
                               "inputs only")
         if self.dataset == "mvtec" and (size % 32 or size < 32):
             raise ConfigError(f"image_size={size}: the ResNet-18 VAE needs a multiple of 32")
-        check_cadences(self, "epochs")
+        check_cadences(self.schedule, "epochs")
 
     @property
-    def total(self) -> int:
-        return self.epochs
+    def schedule(self) -> Schedule:
+        return Schedule(self.epochs, self.report_every, self.checkpoint_every, self.eval_every)
 
     @property
     def resolved_image_size(self) -> int:

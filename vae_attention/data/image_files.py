@@ -1,4 +1,5 @@
-"""Shared helpers of the anomaly-detection data sets (MVTec AD, UCSD Ped1): listing, decoding, resizing.
+"""Image-file helpers of the on-disk data sets (MVTec AD, UCSD Ped1; MNIST for ``check_split``): listing,
+decoding, resizing, and the checks of their shared arguments.
 
 The data sets themselves live in ``mnist``, ``mvtec`` and ``ucsd``. Images are decoded with PIL and resized
 with ``torchvision.transforms.v2.functional``: pictures bilinearly with antialiasing, masks by nearest

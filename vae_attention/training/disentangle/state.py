@@ -1,4 +1,5 @@
-"""``TrainState``: everything one disentanglement run owns, with an exact save/restore.
+"""``DisentangleState``: everything one disentanglement run owns, with an exact save/restore; the shared
+loop's trainee (unit = one optimiser iteration).
 
 It builds models, optimisers and the batch sampler from a ``DisentangleConfig``; ``step()`` draws its own
 batches (random indices into the memory-mapped dSprites array, no DataLoader workers) and applies
@@ -10,7 +11,7 @@ same trajectory on CPU.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,9 @@ import torch
 
 from vae_attention import losses
 from vae_attention.config import check_same_config, config_to_dict
-from vae_attention.training.config import DisentangleConfig
-from vae_attention.training.disentangle import build_models, build_optimizers, train_step
+from vae_attention.training.disentangle.config import DisentangleConfig
+from vae_attention.training.disentangle.step import build_models, build_optimizers, train_step
+from vae_attention.training.loop import MetricWindow, default_device
 
 # The held-out subset is the same for every trial (not drawn from the trial seed) so that
 # eval_recon_loss is comparable across a sweep.
@@ -27,49 +29,15 @@ EVAL_SUBSET_SEED = 2020
 EVAL_BATCH = 500
 
 
-class MetricWindow:
-    """Running sums of per-step metrics between two reports; ``means()`` then ``reset()``."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
-
-    def add(self, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            self.sums[key] += value
-            self.counts[key] += 1
-
-    def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in self.sums}
-
-    def reset(self) -> None:
-        self.sums.clear()
-        self.counts.clear()
-
-    def pop(self) -> dict[str, float]:
-        """The means, then a fresh window."""
-        means = self.means()
-        self.reset()
-        return means
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "counts": dict(self.counts)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.reset()
-        self.sums.update(state["sums"])
-        self.counts.update(state["counts"])
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-class TrainState:
+class DisentangleState:
     """Models, optimisers, sampler and generators of one run; ``step()`` advances one iteration."""
+
+    step_key = "iteration"
+    loss_keys = ("recon_loss", "kld", "vae_loss", "d_loss", "tc", "ad_loss")
 
     def __init__(self, config: DisentangleConfig, dataset=None, device: torch.device | str | None = None):
         if dataset is None:
+            # imported here: the data package pulls in torchvision and PIL (for the anomaly image loaders)
             from vae_attention.data import DSprites
 
             dataset = DSprites(config.data_dir)
@@ -104,6 +72,26 @@ class TrainState:
     def pop_window(self) -> dict[str, float]:
         """Means of the metrics since the last call (the values a report carries)."""
         return self.window.pop()
+
+    # -- the shared loop's trainee interface ---------------------------------------------------------------
+    @property
+    def progress(self) -> int:
+        return self.iteration
+
+    def advance(self) -> None:
+        self.step()
+
+    def evaluate(self, scratch_dir: Path) -> tuple[dict[str, float], Path]:
+        """Held-out recon, both FactorVAE metrics and the attention figure (see ``evaluate.py``)."""
+        # imported here: evaluation pulls in matplotlib, which building a state (e.g. on the driver) never needs
+        from vae_attention.training.disentangle.evaluate import attention_figure, evaluate
+
+        figure = Path(scratch_dir) / f"attention_{self.iteration:07d}.png"
+        attention_figure(self, figure)
+        return evaluate(self), figure
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.models.vae.state_dict()
 
     @torch.no_grad()
     def representation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,7 @@
-"""One disentanglement run without any Ray: FactorVAE, AD-FactorVAE and β-VAE on dSprites.
+"""The disentanglement update without any Ray: FactorVAE, AD-FactorVAE and β-VAE on dSprites.
 
-``train_step`` is the pure update on given batches; ``TrainState`` owns models, optimisers, the batch sampler
-and every random generator, and round-trips through ``state_dict`` so that a restored run continues
-bit-identically on CPU.
+``build_models``/``build_optimizers`` make what a run trains; ``train_step`` is the pure update on given
+batches (``DisentangleState`` in ``state.py`` draws the batches and owns every generator).
 
 The FactorVAE update (Kim & Mnih, 2018, Algorithm 2) is two optimisers on two batches:
 1. VAE: recon + KL + γ·TC(z) [+ λ·L_AD], TC estimated by the discriminator on z from batch 1.
@@ -20,9 +19,9 @@ import torch
 from torch import nn
 
 from vae_attention import losses
-from vae_attention.attention import attention_maps
-from vae_attention.models import Discriminator, reparameterize
-from vae_attention.training.config import DisentangleConfig
+from vae_attention.attention import attention_maps, check_layer
+from vae_attention.models import Discriminator, DSpritesVAE, reparameterize
+from vae_attention.training.disentangle.config import DisentangleConfig
 
 
 class Models(NamedTuple):
@@ -37,8 +36,6 @@ class Optimizers(NamedTuple):
 
 def build_models(config: DisentangleConfig, device: torch.device | str = "cpu") -> Models:
     """Models initialised N(0, 0.02) from the config's seed (on CPU, so every device starts identically)."""
-    from vae_attention.models import DSpritesVAE
-
     init = torch.Generator().manual_seed(config.seed)
     vae = DSpritesVAE(config.z_dim, generator=init).to(device)
     disc = None
@@ -49,9 +46,6 @@ def build_models(config: DisentangleConfig, device: torch.device | str = "cpu") 
 
 def check_model(config: DisentangleConfig) -> None:
     """Fail early (ConfigError) when the attention layer is not a conv of the dSprites VAE."""
-    from vae_attention.attention import check_layer
-    from vae_attention.models import DSpritesVAE
-
     check_layer(DSpritesVAE(config.z_dim), config.attention_layer, torch.zeros(1, 1, 64, 64))
 
 

@@ -1,0 +1,92 @@
+"""``--dry-run``: each study's trials as a table with their config_key, and the disk and metric cost ahead.
+
+Nothing here starts Ray or touches MLflow; models are built only to count their parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from search_spaces import anomaly as anomaly_space
+from search_spaces import disentangle as disentangle_space
+from study.plan import CHECKPOINTS_TO_KEEP, SweepPlan
+from study.search import describe, resolve_metric
+from vae_attention.training.anomaly import build_model
+from vae_attention.training.disentangle import build_models
+
+
+def trial_table(plan: SweepPlan, keys: list[str], key_of: Callable[[dict], str],
+                resolve: Callable[[dict], dict] = dict) -> list[str]:
+    """Dry-run lines: a header, then one row per trial with the given (resolved) params and its config_key."""
+    def cell(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    rows = [[cell(resolve(t).get(k, "")) for k in keys] for t in plan.trials]
+    widths = [max([len(k)] + [len(r[i]) for r in rows]) for i, k in enumerate(keys)]
+    lines = [f"sweep {plan.name!r} ({plan.study}, preset {plan.preset}): {len(plan.trials)} trials",
+             "  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True)) + "  config_key"]
+    for trial, row in zip(plan.trials, rows, strict=True):
+        lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + "  " + key_of(trial))
+    lines.append(f"resources: {plan.cpus_per_trial:g} CPU, {plan.gpus_per_trial:g} GPU per trial; "
+                 f"max concurrent {plan.max_concurrent or 'unlimited'}")
+    return lines
+
+
+def checkpoint_gigabytes(parameters: int, trials: int) -> float:
+    """Disk for the kept checkpoints: weights + Adam's two moments in float32, CHECKPOINTS_TO_KEEP per trial."""
+    return parameters * 4 * 3 * CHECKPOINTS_TO_KEEP * trials / 1e9
+
+
+# -- disentanglement -------------------------------------------------------------------------------------------
+def parameter_count(trial: dict[str, Any]) -> int:
+    """Parameters of the VAE and (for FactorVAE models) the discriminator of a trial."""
+    config, _ = disentangle_space.trial_configs(trial)
+    return sum(p.numel() for model in build_models(config) if model is not None for p in model.parameters())
+
+
+def metric_images(trial: dict[str, Any]) -> int:
+    """Images drawn by the evaluations of one trial (both metric variants, every eval and the final one)."""
+    config, _ = disentangle_space.trial_configs(trial)
+    evals = config.iterations // config.eval_every + (config.iterations % config.eval_every != 0)
+    dlib = (config.metric_num_variance
+            + (config.metric_num_train + config.metric_num_eval) * config.metric_batch_size)
+    seed = config.seed_metric_votes * config.seed_metric_batch_size
+    return evals * (dlib + seed)
+
+
+def disentangle_dry_run(plan: SweepPlan) -> str:
+    keys = ["model", "gamma", "lambda_ad", "beta", "seed", "iterations", "eval_every", "checkpoint_every"]
+    settings = plan.search
+    metric, mode = resolve_metric(settings, disentangle_space.METRIC_DEFAULTS)
+    if settings.scheduler == "optuna":
+        return "\n".join([f"sweep {plan.name!r} ({plan.study}, preset {plan.preset})",
+                           *describe(settings, metric, mode, plan.space, plan.trials[0]["iterations"], "iteration")])
+    lines = trial_table(plan, keys, disentangle_space.config_key)
+    if settings.scheduler == "asha":
+        lines += describe(settings, metric, mode, None, plan.trials[0]["iterations"], "iteration")
+    disk = sum(checkpoint_gigabytes(parameter_count(t), 1) for t in plan.trials)
+    images = sum(metric_images(t) for t in plan.trials)
+    lines.append(f"checkpoint disk ≈ {disk:.2f} GB ({CHECKPOINTS_TO_KEEP} kept per trial) at {plan.storage}")
+    lines.append(f"metric cost ≈ {images / 1e6:.1f} M images drawn in evaluations (≈ half encoded after caching)")
+    return "\n".join(lines)
+
+
+# -- anomaly localisation --------------------------------------------------------------------------------------
+def anomaly_dry_run(plan: SweepPlan) -> str:
+    settings = plan.search
+    metric, mode = resolve_metric(settings, anomaly_space.METRIC_DEFAULTS)
+    if settings.scheduler == "optuna":
+        return "\n".join([f"sweep {plan.name!r} ({plan.study}, preset {plan.preset})",
+                           *describe(settings, metric, mode, plan.space, plan.trials[0]["epochs"], "epoch")])
+    keys = ["dataset", "category", "digit", "lr", "epochs", "batch_size", "image_size", "attention", "seed"]
+    lines = trial_table(plan, keys, anomaly_space.config_key, anomaly_space.resolved_params)
+    if settings.scheduler == "asha":
+        lines += describe(settings, metric, mode, None, plan.trials[0]["epochs"], "epoch")
+    params = sum(sum(p.numel() for p in build_model(anomaly_space.trial_config(t), torch.Generator()).parameters())
+                 for t in plan.trials)
+    lines.append(f"checkpoint disk ≈ {checkpoint_gigabytes(params, 1):.2f} GB ({CHECKPOINTS_TO_KEEP} kept per "
+                 f"trial) at {plan.storage}")
+    return "\n".join(lines)
