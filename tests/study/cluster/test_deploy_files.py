@@ -21,7 +21,7 @@ import yaml
 
 pytestmark = pytest.mark.cluster
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SBATCH = ROOT / "deploy" / "slurm-ray.sbatch"
 KUBERAY = ROOT / "deploy" / "kuberay-raycluster.yaml"
 BASH = shutil.which("bash")

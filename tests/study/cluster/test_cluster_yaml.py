@@ -22,7 +22,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 pytestmark = pytest.mark.cluster
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 SCHEMA = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
 PIN_SCRIPT = ROOT / "deploy" / "pin_worker_image.py"
