@@ -1,9 +1,11 @@
 """The anomaly-localisation sections (seed Table 2, Figures 1–3): MVTec-AD per category beside the paper and
 the seed report, UCSD Ped1 per attention layer against the reconstruction-error baseline, MNIST image AUROC.
 
-MVTec numbers come in the two protocols we log: all test images (``pixel_auroc``, ``best_iou``) and defective
-images only (``*_no_good``); neither the paper nor the seed report says which one it used, so both are set
-beside both references. Δ = our mean − the reference.
+Like for like: a published number sits beside our runs of its protocol only (``--protocol paper`` for the
+paper's, ``seed`` for the report's; never ``<name>+custom``), and beside our metric of its definition
+(``reference.DEFINITIONS``, named in the column header): the paper's pixel AUROC and pooled foreground IoU on all
+test images, the report's AUROC on defective images (``pixel_auroc_no_good``) and its macro bg/fg IoU per batch
+(``best_iou_seed``). Numbers are mean ± sd [interval over seeds] (n); Δ = our mean − the reference.
 """
 
 from __future__ import annotations
@@ -14,15 +16,26 @@ import pandas as pd
 from analysis import plotting, reference
 from analysis.document import FigureItem, Section, TableItem
 from analysis.selection import describe
-from analysis.stats import aggregate, count, fmt, mean_curve, mean_sd, metric_stat, number, paired_differences
+from analysis.stats import (
+    aggregate,
+    count,
+    fmt,
+    fmt_interval,
+    mean_curve,
+    mean_sd,
+    metric_stat,
+    number,
+    paired_differences,
+    seed_interval,
+)
 from analysis.store import METRIC, latest_figure
 
-KEEP = ["dataset", "category", "digit", "lr", "epochs", "attention", "attention_layer", "sweep"]
+KEEP = ["dataset", "category", "digit", "lr", "epochs", "attention", "attention_layer", "protocol", "sweep"]
 OBJECTIVE = {"mvtec": "pixel_auroc", "ucsd": "pixel_auroc", "mnist": "image_auroc"}
 NAMES = {"mvtec": "MVTec-AD", "ucsd": "UCSD Ped1", "mnist": "MNIST (one-class)"}
 MVTEC_METRICS = {"pixel_auroc": "pixel AUROC", "best_iou": "best IoU"}
-EXPECTED = ["pixel_auroc", "best_iou", "pixel_auroc_no_good", "best_iou_no_good", "baseline_pixel_auroc",
-            "baseline_best_iou", "image_auroc", "baseline_image_auroc"]
+EXPECTED = ["pixel_auroc", "best_iou", "pixel_auroc_no_good", "best_iou_no_good", "best_iou_seed",
+            "baseline_pixel_auroc", "baseline_best_iou", "image_auroc", "baseline_image_auroc"]
 
 
 def _delta(value: float) -> str:
@@ -34,49 +47,66 @@ def _setting(row) -> str:
     return f"lr {row['lr']:g}, {row['attention']}" if pd.notna(row.get("attention")) else f"lr {row['lr']:g}"
 
 
-def _ours(row, protocol: str) -> str:
-    """mean ± sd (n) of a category; the mean-over-categories row has a mean only."""
-    mean, sd, n = row[f"ours_{protocol}_mean"], row[f"ours_{protocol}_sd"], row[f"ours_{protocol}_n"]
-    return fmt(mean, sd, int(n)) if pd.notna(n) else number(mean, 3)
+SOURCES = {"paper": "paper (Table 2 'Orig.')", "seed": "seed report (Table 2 'Ours')"}
 
 
-def mvtec_table(configs: pd.DataFrame, metric: str) -> TableItem:
-    refs = reference.mvtec(metric)
-    data = configs[["category", "lr", "attention", "n", "seeds"]].copy()
-    for suffix, protocol in (("", "all"), ("_no_good", "defective")):
-        for stat in ("mean", "sd", "n"):
-            data[f"ours_{protocol}_{stat}"] = configs[f"{metric}{suffix}_{stat}"]
-    data["paper"] = configs["category"].map(refs["paper"])
-    data["seed"] = configs["category"].map(refs["seed"])
-    for protocol in ("all", "defective"):
-        for source in ("paper", "seed"):
-            data[f"delta_{source}_{protocol}"] = data[f"ours_{protocol}_mean"] - data[source]
-    data = data.sort_values(["category", "lr"]).reset_index(drop=True)
+def run_values(runs: pd.DataFrame, run_ids: list[str], metric: str) -> list[float]:
+    """The final values of ``metric`` of the given runs (one per seed), for intervals over seeds."""
+    column = METRIC + metric
+    if column not in runs:
+        return []
+    return runs.set_index("run_id").loc[run_ids, column].dropna().tolist()
+
+
+def _protocol(row) -> str:
+    value = row.get("protocol")
+    return value if isinstance(value, str) and value else "not logged"
+
+
+def mvtec_table(configs: pd.DataFrame, runs: pd.DataFrame, metric: str) -> TableItem:
+    """Our numbers under each source's metric definition, its published number beside them only for runs of
+    that source's protocol (never ``+custom``), Δ = our mean − the published number, interval over seeds."""
+    data = configs[["category", "lr", "attention", "protocol", "n", "seeds"]].copy()
+    display = pd.DataFrame({
+        "category": [reference.category_name(c) for c in configs["category"]],
+        "setting": [_setting(r) for _, r in configs.iterrows()],
+        "protocol": [_protocol(r) for _, r in configs.iterrows()]})
+    for source in ("paper", "seed"):
+        ours, definition = reference.DEFINITIONS[("mvtec", source, metric)]
+        refs = reference.mvtec(metric)[source]
+        values = [run_values(runs, ids, ours) for ids in configs["run_ids"]]
+        data[f"ours_{source}_mean"], data[f"ours_{source}_sd"], data[f"ours_{source}_n"] = zip(
+            *(mean_sd(v) for v in values), strict=True)
+        data[f"ours_{source}_low"], data[f"ours_{source}_high"], data[f"ours_{source}_interval"] = zip(
+            *(seed_interval(v) for v in values), strict=True)
+        data[source] = [refs.get(c, np.nan) if reference.comparable(p, source) else np.nan
+                        for c, p in zip(configs["category"], configs["protocol"], strict=True)]
+        data[f"delta_{source}"] = data[f"ours_{source}_mean"] - data[source]
+        display[f"ours: {definition}"] = [fmt_interval(v) for v in values]
+        display[f"{SOURCES[source]}, protocol {source}"] = data[source].map(lambda v: number(v, 2))
+        display[f"Δ {source}"] = data[f"delta_{source}"].map(_delta)
+    order = data.sort_values(["category", "protocol", "lr"], na_position="last").index
+    data, display = data.loc[order].reset_index(drop=True), display.loc[order].reset_index(drop=True)
     if data["category"].is_unique and len(data) > 1:
         # Mean over the categories we ran (the references over the same categories), not over all fifteen
         mean = {"category": f"mean ({len(data)} categories)", "n": int(data["n"].sum())}
-        for column in ("ours_all_mean", "ours_defective_mean", "paper", "seed"):
-            mean[column] = float(np.mean(data[column])) if data[column].notna().all() else np.nan
-        for protocol in ("all", "defective"):
-            for source in ("paper", "seed"):
-                mean[f"delta_{source}_{protocol}"] = mean[f"ours_{protocol}_mean"] - mean[source]
+        for source in ("paper", "seed"):
+            for column in (f"ours_{source}_mean", source):
+                mean[column] = float(np.mean(data[column])) if data[column].notna().all() else np.nan
+            mean[f"delta_{source}"] = mean[f"ours_{source}_mean"] - mean[source]
         data = pd.concat([data, pd.DataFrame([mean])], ignore_index=True)
-    display = pd.DataFrame({
-        "category": [reference.category_name(c) if "(" not in c else c for c in data["category"]],
-        "setting": [_setting(r) if pd.notna(r["lr"]) else "" for _, r in data.iterrows()],
-        "ours (all test images)": [_ours(r, "all") for _, r in data.iterrows()],
-        "ours (defective only)": [_ours(r, "defective") for _, r in data.iterrows()],
-        "paper": data["paper"].map(lambda v: number(v, 2)),
-        "seed report": data["seed"].map(lambda v: number(v, 2)),
-        "Δ paper (all)": data["delta_paper_all"].map(_delta),
-        "Δ seed (all)": data["delta_seed_all"].map(_delta),
-        "Δ paper (defective)": data["delta_paper_defective"].map(_delta),
-        "Δ seed (defective)": data["delta_seed_defective"].map(_delta),
-    })
+        shown = {"category": mean["category"], "setting": "", "protocol": ""}
+        for source in ("paper", "seed"):
+            shown[f"ours: {reference.DEFINITIONS[('mvtec', source, metric)][1]}"] = number(
+                mean[f"ours_{source}_mean"], 3)
+            shown[f"{SOURCES[source]}, protocol {source}"] = number(mean[source], 2)
+            shown[f"Δ {source}"] = _delta(mean[f"delta_{source}"])
+        display = pd.concat([display, pd.DataFrame([shown])], ignore_index=True)
     name = MVTEC_METRICS[metric]
-    text = (f"Our {name} per category (mean ± sd over seeds, n = seeds) under both protocols, beside the paper's "
-            "and the seed report's Table 2; Δ = our mean − reference. References: "
-            f"{reference.citations('mvtec')['paper']}; {reference.citations('mvtec')['seed']}.")
+    text = (f"Our {name} per category under each source's definition (named in the column), mean ± sd "
+            "[interval over seeds: 95% percentile bootstrap for n ≥ 3, min–max for n = 2] (n = seeds). A published "
+            "number appears only on rows run under its protocol (never '<name>+custom'); Δ = our mean − it. "
+            f"References: {reference.citations('mvtec')['paper']}; {reference.citations('mvtec')['seed']}.")
     return TableItem(f"mvtec_{metric}", display, data, f"MVTec-AD {name} vs paper and seed report", text)
 
 
@@ -91,8 +121,10 @@ def mvtec_figure(configs: pd.DataFrame, runs: pd.DataFrame):
         width = 0.8 / len(bars)
         for i, (name, key, color) in enumerate(bars):
             offset = x - 0.4 + width * (i + 0.5)
-            if key in refs:
-                ax.bar(offset, configs["category"].map(refs[key]), width, color=color, label=name)
+            if key in refs:  # a published number only beside runs of its protocol
+                shown = configs["category"].map(refs[key]).where(
+                    configs["protocol"].map(lambda p, source=key: reference.comparable(p, source)))
+                ax.bar(offset, shown, width, color=color, label=f"{name} (protocol {key} runs only)")
                 continue
             ax.bar(offset, configs[f"{key}_mean"], width, yerr=configs[f"{key}_sd"].fillna(0), color=color,
                    label=name, capsize=2)
@@ -122,12 +154,24 @@ def ucsd_table(configs: pd.DataFrame, runs: pd.DataFrame, layers: list[str]) -> 
              for ids in configs["run_ids"]]
     data["delta_baseline_mean"], data["delta_baseline_sd"], data["delta_baseline_n"] = zip(*diffs, strict=True)
     display["Δ attention − baseline (paired)"] = [fmt(*d) for d in diffs]
-    data["paper"], data["seed"] = refs.get("paper", np.nan), refs.get("seed", np.nan)
-    display["paper"], display["seed report"] = number(refs.get("paper"), 2), number(refs.get("seed"), 4)
+    display.insert(1, "protocol", [_protocol(r) for _, r in configs.iterrows()])
+    data["protocol"] = configs["protocol"]
+    values = [run_values(runs, ids, "pixel_auroc") for ids in configs["run_ids"]]
+    data["pixel_auroc_low"], data["pixel_auroc_high"], data["pixel_auroc_interval"] = zip(
+        *(seed_interval(v) for v in values), strict=True)
+    display["AUROC (main layer)"] = [fmt_interval(v) for v in values]
+    definition = reference.DEFINITIONS[("ucsd", "paper", "pixel_auroc")][1]
+    for source, title, digits in (("paper", "paper (§4.1.1)", 2), ("seed", "seed report (§4.1.1)", 4)):
+        data[source] = [refs.get(source, np.nan) if reference.comparable(p, source) else np.nan
+                        for p in configs["protocol"]]
+        data[f"delta_{source}"] = data["pixel_auroc_mean"] - data[source]
+        display[f"{title}: {definition}, protocol {source}"] = data[source].map(lambda v, d=digits: number(v, d))
+        display[f"Δ {source}"] = data[f"delta_{source}"].map(_delta)
     text = ("Pixel AUROC of the attention maps at each conv layer (the main layer is the trial's attention_layer) "
-            "against the "
-            "reconstruction-error baseline, mean ± sd over seeds (n); the paired Δ is per run. The paper reports "
-            "0.92, the seed report 0.8731 at every layer.")
+            "against the reconstruction-error baseline, mean ± sd over seeds (n), the main layer with its interval "
+            "over seeds (95% percentile bootstrap for n ≥ 3, min–max for n = 2); the paired Δ is per run. The "
+            "paper reports 0.92, the seed report 0.8731 at every layer: each is shown only beside runs of its "
+            "protocol (never '<name>+custom').")
     return TableItem("ucsd_layers", display, data, "UCSD Ped1: AUROC per attention layer vs baseline", text)
 
 
@@ -147,7 +191,7 @@ def ucsd_figure(configs: pd.DataFrame, runs: pd.DataFrame, layers: list[str]):
             ax.scatter([position] * len(points), points, color="black", s=8, zorder=3, alpha=0.6)
     refs = reference.ucsd_pixel_auroc()
     for source, style in (("paper", "--"), ("seed", ":")):
-        if source in refs:
+        if source in refs and any(reference.comparable(p, source) for p in configs["protocol"]):
             ax.axhline(refs[source], color="black", ls=style, lw=1, label=f"{reference.SOURCES[source]}: "
                                                                           f"{refs[source]:g}")
     ax.set_xticks(x, [_setting(r) for _, r in configs.iterrows()])
@@ -213,14 +257,14 @@ def section(runs: pd.DataFrame, histories, client, out, fmt_ext: str) -> Section
     metrics = sorted({c[len(METRIC):] for c in runs.columns if c.startswith(METRIC)})
     # every metric a table reads, logged or not: an absent one shows as "–" rather than failing
     configs = aggregate(runs, sorted(set(metrics) | set(EXPECTED)), KEEP)
-    for column in ("category", "digit", "attention", "lr", "epochs"):
+    for column in ("category", "digit", "attention", "lr", "epochs", "protocol"):
         if column not in configs:
             configs[column] = np.nan
     configs = configs.sort_values(["category", "digit", "lr"], na_position="first").reset_index(drop=True)
     what = describe(runs, "epochs")
     items: list = []
     if dataset == "mvtec":
-        items += [mvtec_table(configs, "pixel_auroc"), mvtec_table(configs, "best_iou")]
+        items += [mvtec_table(configs, runs, "pixel_auroc"), mvtec_table(configs, runs, "best_iou")]
         items.append(FigureItem(plotting.save(mvtec_figure(configs, runs), out, "mvtec_categories", fmt_ext),
                                 "MVTec-AD per category vs paper and seed report (seed Table 2)",
                                 "Bars: our mean (±1 sd, seeds as dots) under both protocols, the paper's and the seed "

@@ -14,7 +14,7 @@ import pandas as pd
 from analysis import plotting, reference
 from analysis.document import FigureItem, Section, TableItem
 from analysis.selection import GROUP, describe
-from analysis.stats import aggregate, count, fmt, mean_curve, metric_stat
+from analysis.stats import aggregate, count, fmt, fmt_interval, mean_curve, mean_sd, metric_stat, seed_interval
 from analysis.store import METRIC, latest_figure
 
 MODEL_ORDER = ["factorvae", "ad_factorvae", "betavae"]
@@ -30,7 +30,7 @@ CURVES = {  # metric: (panel title, y axis label)
     "disentanglement_seed": ("disentanglement (seed variant)", "seed-variant score (0–1)"),
 }
 HISTORY_METRICS = [*CURVES, "ad_loss"]  # ad_loss histories serve claim (v)
-KEEP = ["model", "gamma", "lambda_ad", "beta", "iterations", "sweep"]
+KEEP = ["model", "gamma", "lambda_ad", "beta", "iterations", "protocol", "sweep"]
 RECON_LABEL = "final eval reconstruction loss (nats per image)"
 
 
@@ -64,7 +64,8 @@ def configurations(runs: pd.DataFrame) -> pd.DataFrame:
     # the same γ twice within a model (other iterations, preset or data): name the difference
     for index in configs.index[repeated]:
         row = configs.loc[index]
-        configs.loc[index, "label"] += f" [{row['preset']}, {count(row['iterations'])} it]"
+        protocol = row["protocol"] if isinstance(row["protocol"], str) else "no protocol"
+        configs.loc[index, "label"] += f" [{protocol}, {row['preset']}, {count(row['iterations'])} it]"
     configs["best"] = ""
     scores = configs["disentanglement_mean"]
     for model, part in configs.groupby("model"):
@@ -80,6 +81,7 @@ def config_table(configs: pd.DataFrame) -> TableItem:
         "model": [plotting.model_style(m)["label"] for m in configs["model"]],
         "configuration": configs["label"],
         "iterations": configs["iterations"].map(count),
+        "protocol": configs["protocol"].map(lambda p: p if isinstance(p, str) and p else "not logged"),
         "preset": configs["preset"],
         "seeds": configs["seeds"],
         "disentanglement (dlib)": [fmt(*metric_stat(r, "disentanglement")) for _, r in configs.iterrows()],
@@ -90,7 +92,7 @@ def config_table(configs: pd.DataFrame) -> TableItem:
         "L_AD": [fmt(*metric_stat(r, "ad_loss"), digits=3) for _, r in configs.iterrows()],
         "best": configs["best"],
     })
-    columns = ["model", "gamma", "lambda_ad", "beta", "iterations", *GROUP, "n", "seeds"]
+    columns = ["model", "gamma", "lambda_ad", "beta", "iterations", "protocol", *GROUP, "n", "seeds"]
     columns += [f"{m}_{s}" for m in TABLE_METRICS for s in ("mean", "sd", "n")] + ["best"]
     data = configs[[c for c in dict.fromkeys(columns) if c in configs]]
     text = ("Final values (last evaluation for the metrics and eval recon, last report for the training "
@@ -184,9 +186,9 @@ def section(runs: pd.DataFrame, histories, client, out, fmt_ext: str) -> tuple[S
     configs = configurations(runs)
     what = describe(runs, "iterations")
     items: list = [config_table(configs)]
-    reference_table = public_reproduction_table(configs)
-    if reference_table is not None:
-        items.append(reference_table)
+    for table in (seed_report_table(configs, runs), public_reproduction_table(configs)):
+        if table is not None:
+            items.append(table)
     for variant, label in VARIANTS.items():
         if configs[f"{variant}_n"].sum() == 0:
             continue
@@ -205,6 +207,41 @@ def section(runs: pd.DataFrame, histories, client, out, fmt_ext: str) -> tuple[S
     text = (f"What was run: {what} Numbers are final values per run; configurations group seeds by "
             "config_key (never by run name).")
     return Section("Disentanglement (dSprites)", text, items), configs
+
+
+def seed_report_table(configs: pd.DataFrame, runs: pd.DataFrame) -> TableItem | None:
+    """The report's stored results (FACT-2021 results/disent) beside our ``--protocol seed`` configurations of
+    the same model, γ, λ and iterations, on the same metric definition; Δ = our mean − theirs."""
+    ours_metric, definition = reference.DEFINITIONS[("dsprites", "seed", "disentanglement_seed")]
+    rows, data = [], []
+    for _, ref in reference.seed_dsprites().iterrows():
+        match = (configs["model"] == ref["model"]) & configs["protocol"].map(
+            lambda p: reference.comparable(p, "seed"))
+        for key in ("gamma", "lambda_ad", "iterations"):
+            match &= np.isclose(configs[key].astype(float), float(ref[key]))
+        for _, ours in configs[match].iterrows():
+            column = METRIC + ours_metric
+            values = runs.set_index("run_id").loc[ours["run_ids"], column].dropna().tolist() if column in runs else []
+            mean, sd, n = mean_sd(values)
+            low, high, kind = seed_interval(values)
+            data.append({"model": ref["model"], "gamma": ref["gamma"], "lambda_ad": ref["lambda_ad"],
+                         "iterations": ref["iterations"], "ours_mean": mean, "ours_sd": sd, "ours_n": n,
+                         "ours_low": low, "ours_high": high, "ours_interval": kind, "seed": ref["value"],
+                         "seed_sd": ref["sd"], "seed_n": ref["n"], "delta_seed": mean - ref["value"]})
+            rows.append({"model": plotting.model_style(ref["model"])["label"], "our configuration": ours["label"],
+                         "iterations": count(ref["iterations"]), "protocol": ours["protocol"],
+                         f"ours: {definition}": fmt_interval(values),
+                         f"seed report (stored results), protocol seed: {definition}":
+                             f"{ref['value']:.3f} ± {ref['sd']:.3f} (n={int(ref['n'])})",
+                         "Δ seed": "–" if not np.isfinite(mean) else f"{mean - ref['value']:+.3f}"})
+    if not rows:
+        return None
+    citation = reference.citations("dsprites")["seed"]
+    return TableItem("dsprites_seed_report", pd.DataFrame(rows), pd.DataFrame(data),
+                     "Beside the seed report's stored results (like for like)",
+                     f"Source: {citation}. Only our runs under --protocol seed (never 'seed+custom') at the same "
+                     "model, γ, λ and iterations; ours as mean ± sd [interval over seeds: 95% percentile bootstrap for "
+                     "n ≥ 3, min–max for n = 2] (n). The report's AD-FactorVAE computed L_AD without gradient.")
 
 
 def public_reproduction_table(configs: pd.DataFrame) -> TableItem | None:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis import AnalysisError, anomaly, claims, disentangle, overview, plotting
+from analysis import AnalysisError, ablations, anomaly, claims, disentangle, overview, plotting, rbm, reference
 from analysis.document import Section, TableItem, write_document
 from analysis.selection import Selection, select, short
 from analysis.store import Histories, load_sweep, open_store
@@ -78,6 +78,8 @@ def figure_sections(runs, histories, client, out: Path, fmt: str) -> list[Sectio
     groups = [g for g in runs["group"].unique() if g.startswith("anomaly:")]
     for group in sorted(groups, key=lambda g: (order.get(g, len(order)), g)):
         sections.append(anomaly.section(runs[runs["group"] == group], histories, client, out, fmt))
+    if (runs["group"] == "rbm").any():
+        sections.append(rbm.section(runs[runs["group"] == "rbm"], histories, client, out, fmt))
     every = overview.section(runs, out, fmt)
     if every is not None:
         sections.append(every)
@@ -88,6 +90,20 @@ def claims_section(found: list[claims.Claim]) -> Section:
     table = claims.summary_table(found)
     return Section("Claims (i)–(v)", "Details, numbers and rules are in claims.md.",
                    [TableItem("claims", table, table, "Verdicts", claims.NO_GRAD_NOTE)])
+
+
+def differences_section() -> Section:
+    """The "what differs" table (``analysis/what_differs.csv``): how the paper, the authors' code and the report's
+    code differ, the config fields or metrics that carry each difference, and which protocol reproduces which."""
+    table = reference.differences()
+    display = table.rename(columns={"paper": "paper (Liu et al. 2020)", "authors": "authors' code (expVAE)",
+                                    "seed": "report's code (FACT-2021)", "settings": "our setting / metric",
+                                    "reproduced_by": "reproduced by"})
+    return Section("Protocols: what differs between the sources",
+                   "Run a sweep with --protocol paper|authors|seed to reproduce one source; a run whose protocol "
+                   "values were overridden is labelled '<name>+custom' and never set beside a published number.",
+                   [TableItem("what_differs", display, table, "What differs, and which protocol reproduces it",
+                              "Sources: the paper's sections, liuem607/expVAE code/, Carmoondedraak/FACT-2021.")])
 
 
 def build(tracking_uri: str, sweep_names: list[str], out: Path, fmt: str = "png", include_quick: bool = False,
@@ -102,8 +118,12 @@ def build(tracking_uri: str, sweep_names: list[str], out: Path, fmt: str = "png"
     histories = Histories(client)
     with plotting.style():
         sections = figure_sections(runs, histories, client, out, fmt)
+    ablation = ablations.section(client, runs, [sweep.experiment_id for sweep in sweeps])
+    if ablation is not None:  # only when some selected trial was re-scored (python -m study.evaluate)
+        sections.append(ablation)
     found = claims.evaluate(runs, histories)
     sections.append(claims_section(found))
+    sections.append(differences_section())
     intro = preamble(tracking_uri, names, selection)
     write_document(out, f"Report: {', '.join(names)}", intro, sections)
     (out / "claims.md").write_text(claims.render(found, intro))

@@ -29,11 +29,13 @@ class Selection:
 
 
 def kind_of(runs: pd.DataFrame) -> pd.Series:
-    """``disentangle`` when a run has a ``model`` param, ``anomaly`` when it has a ``dataset`` param."""
+    """``disentangle`` when a run has a ``model`` param, ``anomaly`` when it has a ``dataset`` param, ``rbm`` when
+    it has an ``rbm_map`` param (the RBM study's, which has neither)."""
     model = runs["model"] if "model" in runs else pd.Series(None, index=runs.index)
     dataset = runs["dataset"] if "dataset" in runs else pd.Series(None, index=runs.index)
-    return pd.Series(["disentangle" if pd.notna(m) else "anomaly" if pd.notna(d) else "unknown"
-                      for m, d in zip(model, dataset, strict=True)], index=runs.index)
+    rbm = runs["rbm_map"] if "rbm_map" in runs else pd.Series(None, index=runs.index)
+    return pd.Series(["disentangle" if pd.notna(m) else "anomaly" if pd.notna(d) else "rbm" if pd.notna(r)
+                      else "unknown" for m, d, r in zip(model, dataset, rbm, strict=True)], index=runs.index)
 
 
 def table_group(runs: pd.DataFrame) -> pd.Series:
@@ -76,7 +78,7 @@ def select(sweeps: list[Sweep], include_quick: bool = False, allow_mixed_data: b
     runs["kind"] = kind_of(runs)
     unknown = runs["kind"] == "unknown"
     if unknown.any():
-        notes.append(f"{int(unknown.sum())} trial run(s) with neither a model nor a dataset param left out.")
+        notes.append(f"{int(unknown.sum())} trial run(s) with none of the model, dataset, rbm_map params left out.")
         runs = runs[~unknown].reset_index(drop=True)
     runs["group"] = table_group(runs)
     runs = _drop_repeats(runs, notes)

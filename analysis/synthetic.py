@@ -132,3 +132,22 @@ def anomaly_trial(dataset: str, seed: int, final: dict[str, float], *, category:
     label = {"mvtec": f"mvtec_{category}", "mnist": f"mnist_d{digit}"}.get(dataset, "ucsd")
     figures = {f"anomaly_{epochs:04d}.png": tiny_png(seed + 100)} if figure else {}
     return TrialRun(params=params, histories=histories, figures=figures, run_name=f"{label}_lr{lr:g}_s{seed}")
+
+
+def log_evaluation(client: MlflowClient, sweep: str, parent_run_id: str, settings: dict[str, Any],
+                   metrics: dict[str, float], *, step: int = 4, status: str = "FINISHED") -> str:
+    """A re-score of ``parent_run_id`` as ``python -m study.evaluate`` logs it: a child run (``run_kind=evaluation``,
+    ``mlflow.parentRunId``, ``evaluation_settings`` = the settings' JSON, ``evaluation_key``), the settings as
+    params and ``metrics`` at ``step``; returns the run id."""
+    parent = client.get_run(parent_run_id)
+    text = json.dumps(settings, sort_keys=True)
+    tags = {**{k: v for k, v in parent.data.tags.items() if k in ("sweep", "study", "preset", "data_source",
+                                                                  "config_key", "trial_id")},
+            "run_kind": "evaluation", "mlflow.parentRunId": parent_run_id, "evaluation_settings": text,
+            "evaluation_key": hashlib.sha1(text.encode()).hexdigest()[:16]}
+    run_id = client.create_run(experiment_id(client, sweep), tags=tags).info.run_id
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(settings.items())],
+                     metrics=[Metric(k, float(v), now, step) for k, v in sorted(metrics.items())])
+    client.set_terminated(run_id, status)
+    return run_id

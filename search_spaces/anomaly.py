@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from search_spaces.common import cartesian, config_hash, expand_grid
+from search_spaces.common import cartesian, config_hash, expand_grid, labels_of, science_part
 from vae_attention.config import config_to_dict
 from vae_attention.data import MVTEC_CATEGORIES
 from vae_attention.errors import ConfigError
@@ -92,8 +92,10 @@ def grid_axes(dataset: str, categories: list[str] | None = None, digits: list[in
 
 
 def trial_config(trial: dict[str, Any]) -> AnomalyConfig:
-    """The typed config of a flat trial dict; unknown keys and bad values raise ConfigError."""
-    return AnomalyConfig.from_dict(trial)
+    """The typed config of a flat trial dict; unknown keys and bad values raise ConfigError.
+
+    The trial's ``protocol`` label is not a config field and is left out (see ``search_spaces.common``)."""
+    return AnomalyConfig.from_dict(science_part(trial))
 
 
 def resolved_params(trial: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +103,8 @@ def resolved_params(trial: dict[str, Any]) -> dict[str, Any]:
     config = trial_config(trial)
     resolved = config_to_dict(config)
     resolved.update(image_size=config.resolved_image_size, attention_layer=config.resolved_layer,
-                    activation=config.resolved_activation)
+                    activation=config.resolved_activation, score=config.resolved_score,
+                    upsample_first="yes" if config.resolved_upsample_first else "no", **labels_of(trial))
     return resolved
 
 

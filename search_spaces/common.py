@@ -14,11 +14,24 @@ PARAMS_KEY = "params"
 # Where the data lives, which seed ran, and how often it reported, checkpointed, evaluated or drew figures
 # do not change what a configuration is (metric sizes do: they change the measured value).
 NOT_IN_CONFIG_KEY = ("seed", "data_dir", "report_every", "checkpoint_every", "eval_every", "figure_images")
+# Keys of a trial dict that are not fields of the science config: the protocol label (``paper``, ``seed+custom``)
+# is provenance, logged as a param and part of the config key, but the training code never reads it.
+LABEL_KEYS = ("protocol",)
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
     """A trial's flat config (a copy) out of the config dict Ray hands the trainable."""
     return dict(config[PARAMS_KEY])
+
+
+def science_part(trial: dict[str, Any]) -> dict[str, Any]:
+    """The trial without its label keys: what the typed science config is built from."""
+    return {k: v for k, v in trial.items() if k not in LABEL_KEYS}
+
+
+def labels_of(trial: dict[str, Any]) -> dict[str, Any]:
+    """The label keys the trial carries (none for trials made before protocols existed)."""
+    return {k: trial[k] for k in LABEL_KEYS if k in trial}
 
 
 def config_hash(resolved: dict[str, Any]) -> str:

@@ -11,7 +11,8 @@ Table 1 (150,000 iterations, batch 64, Adam 1e-4 (0.9, 0.999); discriminator Ada
 {1, 2}, z = 10): exp1 = FactorVAE and AD-FactorVAE, γ ∈ {10, 20, 30, 40, 50}, λ = 1; exp2 = AD-FactorVAE,
 γ ∈ {5, 15, 25, 35, 45}, λ = 1; exp3 = AD-FactorVAE, γ ∈ {10, …, 50}, λ ∈ {0.5, 1.5}.
 Extensions: ``lambda_scan`` (L_AD ∈ [0, 1] against ~50–80 nats of ELBO, so λ ≤ 1.5 may not matter; one
-public reproduction went to λ = 80) and ``betavae`` (Kim & Mnih's β grid).
+public reproduction went to λ = 80), ``betavae`` (Kim & Mnih's β grid) and ``adlayer`` (issue 11: AD-FactorVAE
+γ = 40, λ ∈ {10, 40} × the L_AD layer × the pair policy; its ``axes`` win over a protocol's values for them).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from search_spaces.common import config_hash, expand_grid
+from search_spaces.common import cartesian, config_hash, expand_grid, labels_of, science_part
 from vae_attention.config import config_to_dict
 from vae_attention.errors import ConfigError
 from vae_attention.training.disentangle import DisentangleConfig
@@ -28,6 +29,8 @@ from vae_attention.training.loop import Schedule
 
 TABLE1_GAMMAS = (10.0, 20.0, 30.0, 40.0, 50.0)
 TABLE1_SEEDS = (1, 2)
+# The encoder convs of the default (kim_mnih) dSprites VAE: the layers the adlayer ablation puts L_AD at.
+ADLAYER_LAYERS = ("encoder.0", "encoder.2", "encoder.4", "encoder.6")
 
 # Cadences: a full dlib metric is ~1 M images drawn (~0.5 M encodes, minutes on CPU), so evaluate rarely.
 STUDY_LOOP = dict(iterations=150_000, report_every=500, checkpoint_every=5_000, eval_every=10_000)
@@ -63,10 +66,15 @@ class DisentangleStudy:
     arms: tuple[Arm, ...]
     seeds: tuple[int, ...] = TABLE1_SEEDS
     loop: dict[str, Any] = field(default_factory=lambda: dict(STUDY_LOOP))
+    axes: dict[str, tuple] = field(default_factory=dict)  # further grid axes over config fields (e.g. adlayer)
 
     def trials(self, seeds: tuple[int, ...] | None = None, overrides: dict[str, Any] | None = None) -> list[dict]:
-        """Flat trial configs: every arm config × every seed, plus ``loop`` and ``overrides``; no duplicates."""
-        points = ({**cfg, **self.loop} for arm in self.arms for cfg in arm.configs())
+        """Flat trial configs: every arm config × every point of ``axes`` × every seed, plus ``loop`` and
+        ``overrides``; no duplicates."""
+        extra = cartesian(self.axes) if self.axes else [{}]
+        points = ({**cfg, **point, **self.loop} for arm in self.arms for cfg in arm.configs() for point in extra)
+        # the axes are what the experiment varies: a protocol's (or --set's) value for an axis key does not apply
+        overrides = {k: v for k, v in (overrides or {}).items() if k not in self.axes}
         return expand_grid(points, tuple(seeds or self.seeds), overrides)
 
 
@@ -87,6 +95,13 @@ STUDIES: dict[str, DisentangleStudy] = {
                          (_ad((40.0,), (1.0, 10.0, 40.0, 80.0)),)),
         DisentangleStudy("betavae", "Baseline: β-VAE, β ∈ {1, 2, 4, 6, 8, 16} (Kim & Mnih's grid)",
                          (Arm("betavae", betas=(1.0, 2.0, 4.0, 6.0, 8.0, 16.0)),)),
+        # issue 11: where L_AD is computed and which maps it compares; kim_mnih encoder convs (64², 32², 16², 8²
+        # maps at the L_AD layer's output: 32×32 … 4×4)
+        DisentangleStudy("adlayer", "Ablation: AD-FactorVAE γ=40, λ ∈ {10, 40} × attention layer (each encoder conv) "
+                                    "× pair policy (consecutive_dims, all_pairs, random_pair)",
+                         (_ad((40.0,), (10.0, 40.0)),),
+                         axes={"attention_layer": ADLAYER_LAYERS,
+                               "pairs": ("consecutive_dims", "all_pairs", "random_pair")}),
     ]
 }
 STUDIES["all"] = DisentangleStudy(
@@ -111,7 +126,10 @@ CONFIG_KEYS = {f.name for f in dataclasses.fields(DisentangleConfig)}
 
 
 def trial_configs(trial: dict[str, Any]) -> tuple[DisentangleConfig, Schedule]:
-    """The typed config of a flat trial dict and its schedule; unknown keys and bad values raise ConfigError."""
+    """The typed config of a flat trial dict and its schedule; unknown keys and bad values raise ConfigError.
+
+    The trial's ``protocol`` label is not a config field and is left out (see ``search_spaces.common``)."""
+    trial = science_part(trial)
     unknown = sorted(set(trial) - CONFIG_KEYS)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(CONFIG_KEYS)}")
@@ -120,8 +138,8 @@ def trial_configs(trial: dict[str, Any]) -> tuple[DisentangleConfig, Schedule]:
 
 
 def resolved_params(trial: dict[str, Any]) -> dict[str, Any]:
-    """Every field of the typed config (science, schedule, evaluation sizes): what a trial really ran with."""
-    return config_to_dict(trial_configs(trial)[0])
+    """Every field of the typed config (science, schedule, evaluation sizes) and the ``protocol`` label."""
+    return {**config_to_dict(trial_configs(trial)[0]), **labels_of(trial)}
 
 
 def typed_trial(trial: dict[str, Any]) -> dict[str, Any]:

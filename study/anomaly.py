@@ -11,6 +11,7 @@ from typing import Any, get_args
 
 import torch
 
+from search_spaces import protocols
 from search_spaces.anomaly import (
     METRIC_DEFAULTS,
     STUDIES,
@@ -63,8 +64,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--epochs", type=int, help="epochs per trial (MNIST 200, UCSD and MVTec 300)")
     parser.add_argument("--image-size", type=int, help="square input size (UCSD 100, MVTec 256)")
     parser.add_argument("--attention", choices=get_args(AttentionMode),
-                        help="authors: |grad-weighted map of Σμ| (default; the report's numbers); paper: mean of "
-                             "per-dimension ReLU maps")
+                        help="authors: |grad-weighted map of Σμ| (the report's numbers; --protocol authors/seed); "
+                             "paper: mean of per-dimension ReLU maps (--protocol paper, the default)")
     add_common_options(parser)
     parser.set_defaults(handler=KIND)
 
@@ -72,6 +73,8 @@ def add_parser(subparsers) -> None:
 def build_plan(args: argparse.Namespace) -> SweepPlan:
     dataset = args.dataset or "mnist"
     study = get_study(dataset)
+    protocol_name = args.protocol or protocols.DEFAULT_PROTOCOL
+    protocol = protocols.bundle(KIND, protocol_name, dataset)
     overrides: dict[str, Any] = parse_overrides(args.overrides)
     for flag, key in (("layer", "attention_layer"), ("epochs", "epochs"), ("image_size", "image_size"),
                       ("attention", "attention")):
@@ -82,9 +85,12 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
         raise StudyError(f"--data-dir is required for --dataset {dataset} (see README 'Data' for the layout)")
     overrides["data_dir"] = data_dir
     axes = grid_axes(dataset, categories=args.category, digits=args.digit, lrs=args.lr)
-    trials = study.trials(tuple(args.seeds) if args.seeds else None, overrides, axes, quick=bool(args.quick))
+    # study defaults (its grid and fixed values) < protocol < --quick < explicit flags and --set
+    layered = protocols.layer_values(protocol, dict(study.quick) if args.quick else {}, overrides)
+    trials = study.trials(tuple(args.seeds) if args.seeds else None, layered, axes, quick=bool(args.quick))
     for trial in trials:
         trial.update(typed_trial(trial))  # raises ConfigError for unknown keys and bad values
+        trial[protocols.PROTOCOL_KEY] = protocols.label(protocol_name, protocol, trial)
     for config in {trial_config(t).replace(seed=0, lr=1.0) for t in trials}:
         check_model(config)
     name = args.name or f"{KIND}-{dataset}" + ("-quick" if args.quick else "")
@@ -127,7 +133,7 @@ def trial_name(trial) -> str:
 def trial_tags(params: dict) -> dict[str, str]:
     # derived from the attention mode, recorded because it changes the maps: the authors' code takes |·|
     # of the upsampled map, the paper's formulation activates at the layer's resolution
-    order = "after_upsampling" if trial_config(params).upsample_first else "before_upsampling"
+    order = "after_upsampling" if trial_config(params).resolved_upsample_first else "before_upsampling"
     return {"config_key": config_key(params), "activation_order": order}
 
 

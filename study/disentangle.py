@@ -7,10 +7,13 @@ run is ``study.dry_run``.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
+from search_spaces import protocols
 from search_spaces.disentangle import (
     METRIC_DEFAULTS,
+    QUICK_LOOP,
     STUDIES,
     config_key,
     get_study,
@@ -57,6 +60,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--iterations", type=int, help="optimiser iterations per trial (Table 1: 150,000)")
     parser.add_argument("--eval-every", type=int, help="iterations between metric evaluations (default 10,000)")
     parser.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default 5,000)")
+    parser.add_argument("--allow-generated-data", action="store_true", default=None,
+                        help="let a full (not --quick) sweep train on the generated dSprites stand-in; its numbers "
+                             "are not comparable with published ones")
     add_common_options(parser)
     parser.set_defaults(handler=KIND)
 
@@ -65,6 +71,8 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     """Resolve and validate everything that can be checked without Ray."""
     experiment = args.experiment or "exp1"
     study = get_study(experiment, quick=bool(args.quick))
+    protocol_name = args.protocol or protocols.DEFAULT_PROTOCOL
+    protocol = protocols.bundle(KIND, protocol_name)
     overrides: dict[str, Any] = parse_overrides(args.overrides)
     for flag, key in (("iterations", "iterations"), ("eval_every", "eval_every"),
                       ("checkpoint_every", "checkpoint_every")):
@@ -73,16 +81,33 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     data_dir = resolve_data_dir(args.data_dir or overrides.get("data_dir"))
     if data_dir is not None:
         overrides["data_dir"] = data_dir
-    trials = study.trials(tuple(args.seeds) if args.seeds else None, overrides)
+    # study defaults (its grid and loop) < protocol < --quick < explicit flags and --set
+    layered = protocols.layer_values(protocol, dict(QUICK_LOOP) if args.quick else {}, overrides)
+    trials = study.trials(tuple(args.seeds) if args.seeds else None, layered)
     for trial in trials:
         trial.update(typed_trial(trial))  # raises ConfigError for unknown keys and bad values
+        trial[protocols.PROTOCOL_KEY] = protocols.label(protocol_name, protocol, trial)
     for science in {trial_configs(t)[0].replace(seed=0) for t in trials}:
         check_model(science)
     name = args.name or f"{KIND}-{experiment}" + ("-quick" if args.quick else "")
     space = None
     if args.scheduler == "optuna":
         space, trials = optuna_space(trials, overrides, tuple(args.seeds or study.seeds))
-    return make_plan(args, kind=KIND, study=study.name, name=name, trials=trials, space=space)
+    plan = make_plan(args, kind=KIND, study=study.name, name=name, trials=trials, space=space)
+    if not (args.quick or args.allow_generated_data or args.dry_run):  # last: every other user error first
+        refuse_generated_data(data_dir)
+    return plan
+
+
+def refuse_generated_data(data_dir: str | None) -> None:
+    """A full sweep trains on the official dSprites file, or says in one line where to put it and how to get it."""
+    expected = Path(data_dir) / NPZ_NAME if data_dir is not None else Path("DIR") / NPZ_NAME
+    if data_dir is not None and expected.is_file():
+        return
+    where = f"expected {expected}" if data_dir is not None else f"no --data-dir given (expected DIR/{NPZ_NAME})"
+    raise StudyError(f"a full sweep refuses the generated dSprites stand-in: {where}; fetch it with `python -m "
+                     "vae_attention.data download dsprites --to DIR` and pass --data-dir DIR, or pass "
+                     "--allow-generated-data (or --quick) to run on the stand-in")
 
 
 def resolve_data_source(plan: SweepPlan) -> str:

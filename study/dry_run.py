@@ -12,6 +12,7 @@ import torch
 
 from search_spaces import anomaly as anomaly_space
 from search_spaces import disentangle as disentangle_space
+from search_spaces import protocols
 from study.plan import CHECKPOINTS_TO_KEEP, SweepPlan
 from study.search import describe, resolve_metric
 from vae_attention.training.anomaly import build_model
@@ -32,6 +33,22 @@ def trial_table(plan: SweepPlan, keys: list[str], key_of: Callable[[dict], str],
         lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + "  " + key_of(trial))
     lines.append(f"resources: {plan.cpus_per_trial:g} CPU, {plan.gpus_per_trial:g} GPU per trial; "
                  f"max concurrent {plan.max_concurrent or 'unlimited'}")
+    return lines
+
+
+def protocol_lines(plan: SweepPlan) -> list[str]:
+    """The protocol bundle(s) the trials run under, each value, and which of them flags or --set overrode."""
+    dataset = plan.study if plan.kind == "anomaly" else None
+    lines = []
+    for label in sorted({t[protocols.PROTOCOL_KEY] for t in plan.trials if protocols.PROTOCOL_KEY in t}):
+        lines += protocols.describe(plan.kind, label, dataset)
+        bundle = protocols.bundle(plan.kind, protocols.base_name(label), dataset)
+        changed = sorted({k for t in plan.trials if t.get(protocols.PROTOCOL_KEY) == label
+                          for k in protocols.overridden_fields(bundle, t)})
+        if changed:
+            lines.append("  overridden by flags or --set: " + ", ".join(
+                f"{k} = {next(t[k] for t in plan.trials if t.get(protocols.PROTOCOL_KEY) == label)}"
+                for k in changed))
     return lines
 
 
@@ -59,12 +76,14 @@ def metric_images(trial: dict[str, Any]) -> int:
 
 def disentangle_dry_run(plan: SweepPlan) -> str:
     keys = ["model", "gamma", "lambda_ad", "beta", "seed", "iterations", "eval_every", "checkpoint_every"]
+    # columns for the L_AD settings when they vary across trials (e.g. --experiment adlayer)
+    keys[4:4] = [k for k in ("attention_layer", "pairs") if len({str(t.get(k)) for t in plan.trials}) > 1]
     settings = plan.search
     metric, mode = resolve_metric(settings, disentangle_space.METRIC_DEFAULTS)
     if settings.scheduler == "optuna":
-        return "\n".join([f"sweep {plan.name!r} ({plan.study}, preset {plan.preset})",
+        return "\n".join([f"sweep {plan.name!r} ({plan.study}, preset {plan.preset})", *protocol_lines(plan),
                            *describe(settings, metric, mode, plan.space, plan.trials[0]["iterations"], "iteration")])
-    lines = trial_table(plan, keys, disentangle_space.config_key)
+    lines = trial_table(plan, keys, disentangle_space.config_key) + protocol_lines(plan)
     if settings.scheduler == "asha":
         lines += describe(settings, metric, mode, None, plan.trials[0]["iterations"], "iteration")
     disk = sum(checkpoint_gigabytes(parameter_count(t), 1) for t in plan.trials)
@@ -79,10 +98,10 @@ def anomaly_dry_run(plan: SweepPlan) -> str:
     settings = plan.search
     metric, mode = resolve_metric(settings, anomaly_space.METRIC_DEFAULTS)
     if settings.scheduler == "optuna":
-        return "\n".join([f"sweep {plan.name!r} ({plan.study}, preset {plan.preset})",
+        return "\n".join([f"sweep {plan.name!r} ({plan.study}, preset {plan.preset})", *protocol_lines(plan),
                            *describe(settings, metric, mode, plan.space, plan.trials[0]["epochs"], "epoch")])
     keys = ["dataset", "category", "digit", "lr", "epochs", "batch_size", "image_size", "attention", "seed"]
-    lines = trial_table(plan, keys, anomaly_space.config_key, anomaly_space.resolved_params)
+    lines = trial_table(plan, keys, anomaly_space.config_key, anomaly_space.resolved_params) + protocol_lines(plan)
     if settings.scheduler == "asha":
         lines += describe(settings, metric, mode, None, plan.trials[0]["epochs"], "epoch")
     params = sum(sum(p.numel() for p in build_model(anomaly_space.trial_config(t), torch.Generator()).parameters())

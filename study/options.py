@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from search_spaces.protocols import DEFAULT_PROTOCOL, PROTOCOL_NAMES
 from vae_attention.errors import ConfigError, StudyError
 
 DEFAULTS: dict[str, Any] = {
@@ -38,6 +39,10 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
                    help="typed override of any trial config field, e.g. --set lr=3e-4 (repeatable)")
     g.add_argument("--data-dir", help="folder with the official data files (see README 'Data')")
     g.add_argument("--quick", action="store_true", default=None, help="small smoke preset (minutes on a laptop)")
+    g.add_argument("--protocol", choices=PROTOCOL_NAMES,
+                   help=f"bundle of settings reproducing one source (default {DEFAULT_PROTOCOL}): paper = Liu et al. "
+                        "as written, authors = liuem607/expVAE, seed = the report's code (FACT-2021); "
+                        "explicit flags and --set override it (logged as <name>+custom); --dry-run prints it")
     g.add_argument("--dry-run", action="store_true", default=None,
                    help="list the trials and estimated disk/metric cost, then exit without starting Ray")
 

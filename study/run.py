@@ -10,14 +10,15 @@ import argparse
 import logging
 import sys
 
-from study import anomaly, disentangle
+from study import anomaly, disentangle, rbm
 from study.definition import StudyDefinition
 from study.launch import launch
 from study.options import check_resume_options, resolve_storage, with_defaults
 from study.plan import load_plan, ray_state_saved, sweep_exists
 from vae_attention.errors import StudyError
 
-STUDIES: dict[str, StudyDefinition] = {d.name: d for d in (disentangle.DEFINITION, anomaly.DEFINITION)}
+STUDIES: dict[str, StudyDefinition] = {d.name: d for d in (disentangle.DEFINITION, anomaly.DEFINITION,
+                                                            rbm.DEFINITION)}
 
 
 class OneLineParser(argparse.ArgumentParser):

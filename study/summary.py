@@ -24,7 +24,7 @@ def summarise(results, total_key: str, step_key: str, stopped_early_ok: bool = F
     # imported here: study.tracking imports mlflow (seconds), which the CLI's start-up never needs
     from study.tracking import error_reason
 
-    failed, unfinished, finished, stopped = [], [], 0, 0
+    failed, unfinished, finished, stopped, converged = [], [], 0, 0, 0
     for result in results:
         params = (result.config or {}).get(PARAMS_KEY, {})
         reached = (result.metrics or {}).get(step_key)
@@ -32,15 +32,19 @@ def summarise(results, total_key: str, step_key: str, stopped_early_ok: bool = F
         label = Path(result.path).name if result.path else (result.metrics or {}).get("trial_id", "?")
         if result.error is not None:  # Ray's error is a traceback; print the one-line reason
             failed.append(f"{label}: {error_reason(result.error)}")
+        elif (result.metrics or {}).get("stopped_early"):  # the trainee's own early stopping (a patience rule)
+            converged += 1
         elif reached != params.get(total_key) and stopped_early_ok and reached is not None:
             stopped += 1
         elif reached != params.get(total_key):
             unfinished.append(f"{label}: {step_key} {reached} of {params.get(total_key)}")
         else:
             finished += 1
-    print(f"{finished} of {len(results)} trials finished" + (f", {stopped} stopped early by ASHA" if stopped else ""))
+    print(f"{finished + converged} of {len(results)} trials finished"
+          + (f" ({converged} by early stopping)" if converged else "")
+          + (f", {stopped} stopped early by ASHA" if stopped else ""))
     for line in failed:
         print(f"FAILED {line}")
     for line in unfinished:
         print(f"UNFINISHED {line}")
-    return 0 if finished + stopped == len(results) else 1
+    return 0 if finished + converged + stopped == len(results) else 1

@@ -83,23 +83,24 @@ def run_cli(args, cwd, timeout=300, check=False, module="study.run"):
     return completed
 
 
-def start_cli(args, cwd, log_name="driver"):
-    """``python -m study.run ARGS`` in its own session (so its whole group can be killed); output to files."""
+def start_cli(args, cwd, log_name="driver", module="study.run"):
+    """``python -m study.run ARGS`` (or ``module``) in its own session (so its whole group can be killed);
+    output to files."""
     cwd = Path(cwd)
     out = open(cwd / f"{log_name}.out", "a")  # the caller closes proc.logs once the process has ended
     err = open(cwd / f"{log_name}.err", "a")
-    proc = spawn([sys.executable, "-m", "study.run", *args], cwd=cwd, stdout=out, stderr=err)
+    proc = spawn([sys.executable, "-m", module, *args], cwd=cwd, stdout=out, stderr=err)
     proc.logs = (out, err)
     return proc
 
 
-def kill_when(args, cwd, condition, timeout=180, log_name="driver"):
+def kill_when(args, cwd, condition, timeout=180, log_name="driver", module="study.run"):
     """Start the driver, SIGKILL its process group as soon as ``condition()`` is truthy; return that value.
 
     The trial workers belong to the shared Ray head, not to the driver's group: Ray ends them when their
     driver dies, whatever they were doing (training, or copying a checkpoint into storage).
     """
-    proc = start_cli(args, cwd, log_name)
+    proc = start_cli(args, cwd, log_name, module)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

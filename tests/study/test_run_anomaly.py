@@ -31,8 +31,10 @@ def test_mnist_quick_sweep_logs_metrics_and_figure(ray_address, mnist_root, tmp_
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert CONTRACT_PARAMS <= set(run.data.params)
-    assert run.data.params["digit"] == "1" and run.data.params["attention"] == "authors"
-    assert run.data.params["activation"] == "abs" and run.data.params["attention_layer"] == "encoder.2"
+    # the default protocol is the paper's: mean of per-dimension ReLU maps
+    assert run.data.params["digit"] == "1" and run.data.params["attention"] == "paper"
+    assert run.data.params["protocol"] == "paper"
+    assert run.data.params["activation"] == "relu" and run.data.params["attention_layer"] == "encoder.2"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
     assert 0.0 <= run.data.metrics["image_auroc"] <= 1.0
     assert "baseline_image_auroc" in run.data.metrics

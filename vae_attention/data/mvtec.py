@@ -46,6 +46,10 @@ MASK_SUFFIX = "_mask.png"
 # image centre; corners uncovered by the rotation are filled with 0 (black).
 FLIP_PROBABILITY = 0.5
 ROTATION_DEGREES = 10.0
+# The report's augmentation (FACT-2021 expVAE_pl/MVTEC_Dataset.py: RandomHorizontalFlip(p=0.5), then
+# RandomRotation(90): an angle uniform in [-90, 90] degrees, nearest interpolation, uncovered corners 0).
+SEED_ROTATION_DEGREES = 90.0
+AUGMENT_POLICIES = ("small", "seed")
 
 
 class MVTecAD(Dataset):
@@ -57,7 +61,9 @@ class MVTecAD(Dataset):
     (bilinear, antialiased), masks by nearest neighbour so they stay {0, 1}; good images get all-zero masks.
 
     ``augment=True`` (train split only) applies random horizontal / vertical flips and a rotation of at most
-    ``ROTATION_DEGREES`` to image and mask alike. torchvision's v2 random transforms draw from the global
+    ``ROTATION_DEGREES`` to image and mask alike (``augment_policy="small"``), or the report's horizontal flip
+    and rotation of at most ``SEED_ROTATION_DEGREES`` with nearest sampling (``augment_policy="seed"``).
+    torchvision's v2 random transforms draw from the global
     torch RNG, so the parameters are drawn here from ``generator`` (a CPU ``torch.Generator``, required)
     and applied with the deterministic ``torchvision.transforms.v2.functional`` ops: the same generator
     seed and item order give the same augmented images. The generator advances with every item read; a
@@ -65,12 +71,18 @@ class MVTecAD(Dataset):
     per worker (``worker_init_fn``) if workers must not repeat each other's draws. Note that flips turn
     some objects (e.g. transistor) into shapes that test sets label as defects; choose per category.
 
+    ``channels=1`` reads the images as one grayscale channel; ``normalize=True`` maps pixels to [−1, 1] by
+    (x − 0.5) / 0.5 after augmentation (the report's ``Normalize(0.5, 0.5)``; rotated-in corners become −1,
+    as there). ``good_only=True`` keeps only ``test/good`` (the report's ``val_set``, its early-stopping set).
+
     Items: ``dict(image=float32 (3, S, S) in [0, 1], mask=float32 (1, S, S) of {0, 1}, label=int 0/1,
-    defect=str, path=str)``. ``labels`` (int64, N) and ``defects`` (list of str) describe all items.
+    defect=str, path=str)`` (C and the range as set by ``channels`` and ``normalize``).
+    ``labels`` (int64, N) and ``defects`` (list of str) describe all items.
     """
 
     def __init__(self, root, category: str, split: str = "train", image_size: int = 256, augment: bool = False,
-                 include_good: bool = True, generator: torch.Generator | None = None):
+                 include_good: bool = True, generator: torch.Generator | None = None, *, channels: int = 3,
+                 normalize: bool = False, augment_policy: str = "small", good_only: bool = False):
         if category not in MVTEC_CATEGORIES:
             raise DataError(f"unknown MVTec AD category {category!r}; expected one of: {', '.join(MVTEC_CATEGORIES)}")
         self.root = Path(root)
@@ -79,6 +91,13 @@ class MVTecAD(Dataset):
         self.image_size = check_image_size(image_size)
         self.include_good = bool(include_good)
         self.augment = bool(augment)
+        if channels not in (1, 3) or augment_policy not in AUGMENT_POLICIES:
+            raise ConfigError(f"MVTecAD needs channels 1 or 3 and augment_policy in {AUGMENT_POLICIES}, "
+                              f"got {channels}, {augment_policy!r}")
+        if good_only and (self.split != "test" or not include_good):
+            raise ConfigError("MVTecAD good_only=True is for split='test' with include_good=True")
+        self.channels, self.normalize, self.augment_policy = channels, bool(normalize), augment_policy
+        self.good_only = bool(good_only)
         if self.augment:
             if self.split != "train":
                 raise ConfigError("MVTecAD augment=True is for split='train'; test images are scored as they are")
@@ -113,6 +132,8 @@ class MVTecAD(Dataset):
             raise DataError(f"MVTec AD folder not found: {test} (expected {test}/<defect>/*.png)")
         for folder in (p for p in visible(test) if p.is_dir()):
             defect = folder.name
+            if self.good_only and defect != GOOD:
+                continue
             if defect == GOOD:
                 if self.include_good:
                     self.samples += [(p, GOOD, None) for p in self._images(folder)]
@@ -130,13 +151,17 @@ class MVTecAD(Dataset):
         return len(self.samples)
 
     def draw_augmentation(self) -> tuple[bool, bool, float]:
-        """(horizontal flip, vertical flip, angle in degrees), three uniform draws from ``generator``."""
+        """(horizontal flip, vertical flip, angle in degrees) from uniform draws of ``generator``: three under
+        the "small" policy, two (flip, angle; never a vertical flip) under "seed"."""
+        if self.augment_policy == "seed":
+            u = torch.rand(2, generator=self.generator, dtype=torch.float64).tolist()
+            return u[0] < FLIP_PROBABILITY, False, (2.0 * u[1] - 1.0) * SEED_ROTATION_DEGREES
         u = torch.rand(3, generator=self.generator, dtype=torch.float64).tolist()
         return u[0] < FLIP_PROBABILITY, u[1] < FLIP_PROBABILITY, (2.0 * u[2] - 1.0) * ROTATION_DEGREES
 
     def __getitem__(self, index: int) -> dict:
         path, defect, mask_path = self.samples[index]
-        image = image_tensor(path, "RGB", self.image_size)
+        image = image_tensor(path, "RGB" if self.channels == 3 else "L", self.image_size)
         if mask_path is None:
             mask = torch.zeros(1, self.image_size, self.image_size)
         else:
@@ -147,9 +172,12 @@ class MVTecAD(Dataset):
                 image, mask = F.horizontal_flip(image), F.horizontal_flip(mask)
             if vflip:
                 image, mask = F.vertical_flip(image), F.vertical_flip(mask)
-            image = F.rotate(image, angle, interpolation=InterpolationMode.BILINEAR, fill=[0.0]).clamp_(0.0, 1.0)
+            mode = InterpolationMode.NEAREST if self.augment_policy == "seed" else InterpolationMode.BILINEAR
+            image = F.rotate(image, angle, interpolation=mode, fill=[0.0]).clamp_(0.0, 1.0)
             # Nearest sampling keeps the rotated mask binary; the uncovered corners count as normal (0).
             mask = F.rotate(mask, angle, interpolation=InterpolationMode.NEAREST, fill=[0.0])
+        if self.normalize:
+            image = (image - 0.5) / 0.5
         return {"image": image, "mask": mask, "label": int(self.labels[index]), "defect": defect, "path": str(path)}
 
     def __repr__(self) -> str:

@@ -78,6 +78,14 @@ class Trainee(Protocol):
 
     def load(self, path: Path) -> None: ...
 
+    # Optional: a trainee may also have a ``finished`` property (bool) that ends the run before ``total``
+    # (early stopping); the unit that sets it is then treated as the final one. It must be restored by
+    # ``load`` so a resumed run agrees. Read with ``_finished`` (trainees without it never finish early).
+
+
+def _finished(trainee: Trainee) -> bool:
+    return bool(getattr(trainee, "finished", False))
+
 
 def check_cadences(schedule: Schedule, total_name: str) -> None:
     """Positive cadences, with checkpoints and evaluations on report boundaries."""
@@ -164,13 +172,13 @@ def run_loop(trainee: Trainee, schedule: Schedule, report: Report, scratch_dir: 
     """Advance ``trainee`` to ``schedule.total``; ``scratch_dir`` holds figures until they are checkpointed."""
     seconds, units = 0.0, 0
     key = trainee.step_key
-    while trainee.progress < schedule.total:
+    while trainee.progress < schedule.total and not _finished(trainee):
         tick = time.perf_counter()
         trainee.advance()
         seconds += time.perf_counter() - tick
         units += 1
         done = trainee.progress
-        final = done == schedule.total
+        final = done == schedule.total or _finished(trainee)
         if done % schedule.report_every and not final:
             continue
         metrics: dict[str, Any] = trainee.pop_window()

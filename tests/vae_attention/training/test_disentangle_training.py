@@ -65,8 +65,10 @@ def test_discriminator_step_leaks_no_gradient_into_the_vae(model):
     before = [p.detach().clone() for p in models.vae.parameters()]
     train_step(models, optimizers, x, x2, config, torch.Generator().manual_seed(7))
 
+    # atol 1e-6: the oracle's L_AD re-encodes x while train_step takes the maps from its own forward, the same
+    # function summed in another order (float32 rounding ~1e-7 on gradients of ~1e-3)
     for got, want in zip(seen["vae"], expected_vae, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     for got, want in zip(seen["d"], expected_d, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
     assert any(not torch.equal(b, p) for b, p in zip(before, models.vae.parameters(), strict=True))
@@ -85,7 +87,7 @@ def test_repeated_steps_run_without_in_place_errors(model):
     if model != "betavae":
         expected |= {"tc", "d_loss", "d_accuracy"}
     if model == "ad_factorvae":
-        expected |= {"ad_loss", "zero_map_fraction"}
+        expected |= {"ad_loss", "zero_map_fraction", "dropped_pair_fraction", "zero_score_pair_fraction"}
     assert set(metrics) == expected
     assert all(isinstance(v, float) and v == v for v in metrics.values())
 

@@ -12,32 +12,68 @@ the paper and the report did: optimistic), ``best_iou_per_batch`` (IoU averaged 
 reduction the report suspected), MVTec's ``*_no_good`` (defective test images only), the reconstruction
 baseline ``baseline_pixel_auroc``/``baseline_best_iou``, UCSD's ``pixel_auroc/<layer>`` for every conv the
 report compared, and for MNIST (no masks) ``image_auroc``: inlier vs outlier digits by mean attention.
+With masks also ``best_iou_seed``/``best_threshold_seed``: the report's IoU (macro mean over {background,
+anomaly} per test batch, averaged over batches, at ~100 ROC thresholds; ``vae_attention.metrics.seed_iou``) on
+the same cached maps and the evaluation's test batches (``batch_size`` images each, test-set order).
+
+``score="normal_diff"``: the maps of the paper's normal-difference score (Eqs. 3–4,
+``vae_attention.anomaly_scores.normal_difference_score``, u = 0), with the inlier statistics (mean and
+variance of μ) recomputed at every evaluation over the training set in eval mode, without augmentation.
 """
 
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from sklearn.metrics import roc_auc_score
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from vae_attention.attention import attention_maps
+from vae_attention.anomaly_scores import inlier_statistics, normal_difference_score
+from vae_attention.attention import ScoreFn, attention_maps
 from vae_attention.figures import anomaly_grid_figure
 from vae_attention.metrics import PixelScoreAccumulator
+from vae_attention.metrics.seed_iou import best_iou_seed
 from vae_attention.models import UCSD_ATTENTION_LAYERS
+from vae_attention.training.anomaly.objective import reconstruction
 
 if TYPE_CHECKING:
     from vae_attention.training.anomaly.state import AnomalyState
 
 
-def _maps(state: AnomalyState, x: torch.Tensor, layer: str) -> torch.Tensor:
+def _maps(state: AnomalyState, x: torch.Tensor, layer: str, score_fn: ScoreFn | None = None) -> torch.Tensor:
     cfg = state.config
-    return attention_maps(state.model, x, layer, score=cfg.score, activation=cfg.resolved_activation,
+    score = "sum" if score_fn is not None else cfg.resolved_score  # score is unused when score_fn is given
+    return attention_maps(state.model, x, layer, score=score, activation=cfg.resolved_activation,
                           normalize_grads=cfg.normalize_grads, size=tuple(x.shape[-2:]),
-                          upsample_first=cfg.upsample_first)
+                          upsample_first=cfg.resolved_upsample_first, score_fn=score_fn)
+
+
+@contextmanager
+def _without_augmentation(dataset: Dataset):
+    """Read ``dataset`` (or the set a ``Subset`` wraps) with its ``augment`` switched off, and no generator draws."""
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    saved = getattr(base, "augment", None)
+    if saved:
+        base.augment = False
+    try:
+        yield dataset
+    finally:
+        if saved:
+            base.augment = saved
+
+
+def normal_diff_score_fn(state: AnomalyState) -> ScoreFn:
+    """The normal-difference score with (m, v) = ``inlier_statistics`` of μ over the training set (eval mode)."""
+    cfg = state.config
+    with _without_augmentation(state.train_set) as train, torch.no_grad():
+        loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
+        mean, var = inlier_statistics(state.model.encode(batch["image"].to(state.device))[0] for batch in loader)
+    return functools.partial(normal_difference_score, inlier_mean=mean, inlier_var=var)
 
 
 @dataclass(frozen=True)
@@ -57,6 +93,7 @@ def collect(state: AnomalyState, layers: list[str]) -> Collected:
     """Per test image: labels, masks, attention maps per layer and recon-error maps, plus the inputs of the
     figure's images (the first defective ones, else the first ones)."""
     cfg = state.config
+    score_fn = normal_diff_score_fn(state) if cfg.resolved_score == "normal_diff" else None
     loader = DataLoader(state.test_set, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
     maps: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     baseline, masks, labels, batches = [], [], [], []
@@ -66,9 +103,9 @@ def collect(state: AnomalyState, layers: list[str]) -> Collected:
     for batch in loader:
         x = batch["image"].to(state.device)
         for layer in layers:
-            maps[layer].append(_maps(state, x, layer).cpu())
+            maps[layer].append(_maps(state, x, layer, score_fn).cpu())
         with torch.no_grad():
-            recon = torch.sigmoid(state.model(x).recon_logits)
+            recon = reconstruction(cfg, state.model(x).recon_logits)
         baseline.append((x - recon).abs().mean(dim=1).cpu())
         if "mask" in batch:
             masks.append(batch["mask"][:, 0].to(torch.uint8))
@@ -122,12 +159,17 @@ def evaluate(state: AnomalyState, figure_path: Path) -> tuple[dict[str, float], 
         if 0 < labels.sum() < len(labels):
             metrics["image_auroc"] = float(roc_auc_score(labels, maps.flatten(1).mean(1).numpy()))
             metrics["baseline_image_auroc"] = float(roc_auc_score(labels, data.baseline.flatten(1).mean(1).numpy()))
+        from vae_attention.training.anomaly.pasted import pasted_metrics  # here: pasted.py imports this module
+
+        metrics.update(pasted_metrics(state))  # pixel metrics on the pasted copy (issue 11)
     else:
         masks, batches = data.masks, data.batches
         main = pixel_metrics(maps, masks, batches, cfg.num_bins)
         threshold = main["best_threshold"]
         metrics.update({k: float(main[k]) for k in ("pixel_auroc", "best_iou", "best_threshold",
                                                      "best_iou_per_batch")})
+        seed_iou, seed_threshold = best_iou_seed([maps[part] for part in batches], [masks[part] for part in batches])
+        metrics.update(best_iou_seed=seed_iou, best_threshold_seed=seed_threshold)
         base = pixel_metrics(data.baseline, masks, batches, cfg.num_bins)
         metrics.update(baseline_pixel_auroc=float(base["pixel_auroc"]), baseline_best_iou=float(base["best_iou"]))
         if cfg.dataset == "mvtec":
@@ -145,7 +187,8 @@ def evaluate(state: AnomalyState, figure_path: Path) -> tuple[dict[str, float], 
     index = data.figure_index
     title = (f"{cfg.dataset} {cfg.category if cfg.dataset == 'mvtec' else ''} layer {cfg.resolved_layer} "
              f"({cfg.attention}) epoch {state.epoch}")
-    anomaly_grid_figure(data.figure_images, data.masks[index] if data.masks is not None else None,
+    images = (data.figure_images + 1.0) / 2.0 if cfg.input_low < 0 else data.figure_images  # shown in [0, 1]
+    anomaly_grid_figure(images, data.masks[index] if data.masks is not None else None,
                         maps[index], threshold, title=title, path=figure_path, score_range=(float(maps.min()),
                                                                                              float(maps.max())))
     return metrics, figure_path

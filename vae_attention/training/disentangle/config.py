@@ -4,6 +4,25 @@ Defaults follow Table 1 of the reproducibility report (150,000 iterations, Adam 
 VAE, 1e-4 (0.5, 0.9) for the discriminator, batch 64, z = 10) and Kim & Mnih's discriminator (6 × 1000
 units). The loop cadences (``iterations``, ``report_every``, ``checkpoint_every``, ``eval_every``) form
 ``schedule``; the metric sizes follow disentanglement_lib's FactorVAE study and the report's code.
+
+Protocol settings (issue 10; defaults = this study's own choices; "seed" = the report's code,
+Carmoondedraak/FACT-2021 ``disentanglement/``, at the commits that produced its Table 1 results):
+
+- ``architecture``: ``kim_mnih`` (Kim & Mnih's Table 1: four convs, FC 128, FC 2·z; ``DSpritesVAE``) or
+  ``konny`` (1Konny/FactorVAE ``model.py`` ``FactorVAE1``, which the report's ``model.py`` copies: all-conv, the
+  FC layers as a 4×4 conv to 128 channels and a 1×1 conv to 2·z; ``AllConvDSpritesVAE``).
+- ``encoder_fc_relu``: the ReLU after the encoder's 128-unit layer. Kim & Mnih list none; 1Konny and
+  disentanglement_lib have one (so does ``DSpritesVAE`` by default).
+- ``loop_order``: ``sequential`` (both backward passes, then both optimisers step; the discriminator sees a
+  detached z) or ``deferred`` (the report's ``ad_factorvae.py``/``vanilla.py``: both ``step()`` calls at the top
+  of the *next* iteration, and the discriminator loss uses the un-detached D(z) of the VAE loss, so its backward
+  adds ∂L_D/∂θ_encoder to the VAE gradient). See ``step.py``.
+- ``ad_gradient``: ``differentiable`` (L_AD is backpropagated, the paper's intent) or ``detached`` (L_AD is only a
+  number added to the loss, as the report's ``with torch.no_grad(): gcam.generate()``: AD-FactorVAE then trains
+  exactly as FactorVAE).
+- ``ad_score``: ``per_dim`` (one map per latent dimension, s = μ_i) or ``sum`` (one map per image, s = Σ_i μ_i,
+  the report's code). Σμ maps can only be paired across images, so ``sum`` needs ``pairs="consecutive_images"``,
+  and ``consecutive_images`` always compares Σμ maps.
 """
 
 from __future__ import annotations
@@ -21,6 +40,11 @@ from vae_attention.training.loop import Schedule, check_cadences
 ModelName = Literal["factorvae", "ad_factorvae", "betavae"]
 # L_AD's min/sum overlap is only a [0, 1] similarity for non-negative maps
 AdActivation = Literal["relu", "abs"]
+Architecture = Literal["kim_mnih", "konny"]
+LoopOrder = Literal["sequential", "deferred"]
+AdGradient = Literal["differentiable", "detached"]
+AdScore = Literal["per_dim", "sum"]
+Precision = Literal["fp32", "bf16"]  # checked by check_choices like every Literal field
 
 MODELS = get_args(ModelName)
 
@@ -37,13 +61,20 @@ class DisentangleConfig:
     d_lr: float = 1e-4
     d_betas: tuple[float, float] = (0.5, 0.9)
     batch_size: int = 64
+    architecture: Architecture = "kim_mnih"
+    encoder_fc_relu: bool = True
+    loop_order: LoopOrder = "sequential"
     d_hidden_layers: int = 6
     d_hidden_units: int = 1000
     attention_layer: str = "encoder.0"  # first conv: 32×32 maps; the seed used the last conv and regretted it
     pairs: PairPolicy = "consecutive_dims"
     ad_activation: AdActivation = "relu"  # the paper's Eq. 2
+    ad_gradient: AdGradient = "differentiable"
+    ad_score: AdScore = "per_dim"
     normalize_grads: GradNorm = "none"
     grad_method: GradMethod = "auto"
+    # bf16 autocast of the VAE's forward (losses, discriminator and Adam stay fp32); off until measured faster
+    precision: Precision = "fp32"
     eval_size: int = 5000  # fixed held-out images for eval_recon_loss, excluded from training batches
     data_dir: str | None = None
     seed: int = 0
@@ -74,6 +105,9 @@ class DisentangleConfig:
             (self.batch_size >= 2, f"batch_size must be >= 2 (permute_dims shuffles across it), got {self.batch_size}"),
             (self.d_hidden_layers >= 1 and self.d_hidden_units >= 1, "discriminator needs >= 1 layer and unit"),
             (self.eval_size >= 0, f"eval_size must be >= 0, got {self.eval_size}"),
+            (self.ad_score == "per_dim" or self.pairs == "consecutive_images",
+             f"ad_score='sum' gives one map per image, which only pairs='consecutive_images' can pair "
+             f"(got pairs={self.pairs!r})"),
         ]
         for ok, message in checks:
             if not ok:
@@ -87,6 +121,11 @@ class DisentangleConfig:
     @property
     def schedule(self) -> Schedule:
         return Schedule(self.iterations, self.report_every, self.checkpoint_every, self.eval_every)
+
+    @property
+    def ad_map_score(self) -> str:
+        """The score L_AD's maps are taken of: Σμ (``"sum"``) for ``consecutive_images``, else per dimension."""
+        return "sum" if self.pairs == "consecutive_images" else "per_dim"
 
     @property
     def uses_discriminator(self) -> bool:

@@ -9,18 +9,28 @@ The FactorVAE update (Kim & Mnih, 2018, Algorithm 2) is two optimisers on two ba
 Both backward passes run before either optimiser steps: stepping D first would modify weights that the
 VAE's TC term still needs for its backward (the classic torch ≥ 1.5 in-place error). The VAE backward is
 restricted to VAE parameters, so it neither computes nor leaks gradients into D.
+
+``loop_order="deferred"`` is the report's loop (FACT-2021 ``disentanglement/ad_factorvae.py`` and ``vanilla.py``,
+``Solver.train``): ``optim_VAE.step(); optim_D.step()`` at the top of each iteration, on the gradients the
+previous iteration left in ``.grad``, and ``D_tc_loss`` built from the VAE loss's own D(z), not detached, so
+``D_tc_loss.backward()`` adds ∂L_D/∂θ_encoder to the encoder's gradient (1Konny's original stepped the VAE before
+that backward, so there the extra term was zeroed before use). Consequences: the first iteration changes no
+weight, iteration t applies the gradients of iteration t − 1, the last iteration's gradients are never applied,
+and the VAE descends recon + KL + γ·TC + L_D(encoder part). The pending gradients are part of the run's state
+(``DisentangleState.state_dict``).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
 
 from vae_attention import losses
-from vae_attention.attention import attention_maps, check_layer
+from vae_attention.attention import capture_activation, check_layer, encode_with_activation, maps_from_activation
 from vae_attention.models import Discriminator, DSpritesVAE, reparameterize
+from vae_attention.models.dsprites import AllConvDSpritesVAE
 from vae_attention.training.disentangle.config import DisentangleConfig
 
 
@@ -34,10 +44,20 @@ class Optimizers(NamedTuple):
     discriminator: torch.optim.Optimizer | None
 
 
+VAE_ARCHITECTURES = {"kim_mnih": DSpritesVAE, "konny": AllConvDSpritesVAE}
+
+
+def build_vae(config: DisentangleConfig, generator: torch.Generator | None = None) -> nn.Module:
+    """The dSprites VAE of ``config.architecture`` (see ``vae_attention.models.dsprites``)."""
+    return VAE_ARCHITECTURES[config.architecture](
+        config.z_dim, generator=generator, encoder_fc_relu=config.encoder_fc_relu
+    )
+
+
 def build_models(config: DisentangleConfig, device: torch.device | str = "cpu") -> Models:
     """Models initialised N(0, 0.02) from the config's seed (on CPU, so every device starts identically)."""
     init = torch.Generator().manual_seed(config.seed)
-    vae = DSpritesVAE(config.z_dim, generator=init).to(device)
+    vae = build_vae(config, generator=init).to(device)
     disc = None
     if config.uses_discriminator:
         disc = Discriminator(config.z_dim, config.d_hidden_units, config.d_hidden_layers, generator=init).to(device)
@@ -45,36 +65,76 @@ def build_models(config: DisentangleConfig, device: torch.device | str = "cpu") 
 
 
 def check_model(config: DisentangleConfig) -> None:
-    """Fail early (ConfigError) when the attention layer is not a conv of the dSprites VAE."""
-    check_layer(DSpritesVAE(config.z_dim), config.attention_layer, torch.zeros(1, 1, 64, 64))
+    """Fail early (ConfigError) when the attention layer is not a (B, K, h, w) layer of the configured VAE."""
+    check_layer(build_vae(config), config.attention_layer, torch.zeros(1, 1, 64, 64))
 
 
-def build_optimizers(config: DisentangleConfig, models: Models) -> Optimizers:
-    vae_opt = torch.optim.Adam(models.vae.parameters(), lr=config.lr, betas=config.betas)
+def build_optimizers(config: DisentangleConfig, models: Models, fused: bool | None = None) -> Optimizers:
+    """Adam for the VAE and the discriminator. ``fused``: one kernel per parameter group instead of a foreach
+    chain (the same update up to float rounding); None = fused on CUDA, where a step is launch-bound, and the
+    default foreach implementation on CPU."""
+    if fused is None:
+        fused = next(models.vae.parameters()).is_cuda
+    vae_opt = torch.optim.Adam(models.vae.parameters(), lr=config.lr, betas=config.betas, fused=fused or None)
     d_opt = None
     if models.discriminator is not None:
-        d_opt = torch.optim.Adam(models.discriminator.parameters(), lr=config.d_lr, betas=config.d_betas)
+        d_opt = torch.optim.Adam(models.discriminator.parameters(), lr=config.d_lr, betas=config.d_betas,
+                                 fused=fused or None)
     return Optimizers(vae_opt, d_opt)
 
 
 def ad_attention_maps(
-    vae: nn.Module, x: torch.Tensor, config: DisentangleConfig, generator: torch.Generator | None
+    vae: nn.Module, x: torch.Tensor, config: DisentangleConfig, generator: torch.Generator | None, **options
 ) -> torch.Tensor:
-    """The differentiable maps L_AD compares under ``config.pairs``, computing only the dims it needs."""
+    """``ad_maps_from_activation`` after a fresh encode of ``x`` (for callers without a training forward at hand;
+    ``train_step`` takes the activation from its own forward instead). ``options``: as ``ad_maps_from_activation``.
+    """
+    mu, feats = encode_with_activation(vae, x, config.attention_layer)
+    return ad_maps_from_activation(mu, feats, config, generator, size=tuple(x.shape[-2:]), **options)
+
+
+def ad_maps_from_activation(
+    mu: torch.Tensor,
+    feats: torch.Tensor,
+    config: DisentangleConfig,
+    generator: torch.Generator | None,
+    *,
+    size: tuple[int, int],
+    score: Literal["per_dim", "sum"] | None = None,
+    create_graph: bool = True,
+) -> torch.Tensor:
+    """The maps L_AD compares under ``config.pairs``, from μ (B, z) and the attention layer's activation
+    ``feats`` of the same forward pass, computing only the dims the policy needs.
+
+    ``score``: ``"per_dim"`` (s = μ_i; (B, n, H, W) maps of the dims ``config.pairs`` selects) or ``"sum"``
+    (s = Σ_i μ_i; one (B, H, W) map per image); None = what ``config.pairs`` implies (Σμ for
+    ``consecutive_images``). ``create_graph=False`` gives detached maps (an L_AD that trains nothing).
+    ``top2`` ranks all dims on detached maps, then computes the chosen two with the graph, from the same forward.
+    """
     kwargs = dict(
         activation=config.ad_activation,
         normalize_grads=config.normalize_grads,
         grad_method=config.grad_method,
+        size=size,
     )
-    layer = config.attention_layer
-    if config.pairs == "consecutive_images":
-        return attention_maps(vae, x, layer, score="sum", create_graph=True, **kwargs)
+    if score is None:
+        score = "sum" if config.pairs == "consecutive_images" else "per_dim"
+    if score == "sum":
+        return maps_from_activation(mu, feats, score="sum", create_graph=create_graph, **kwargs)
     if config.pairs == "top2":
-        ranking = attention_maps(vae, x, layer, score="per_dim", create_graph=False, **kwargs)
+        ranking = maps_from_activation(mu, feats, score="per_dim", create_graph=False, **kwargs)
         dims = losses.top2_dims(ranking)
     else:
         dims = losses.select_pair_dims(config.pairs, config.z_dim, generator)
-    return attention_maps(vae, x, layer, score="per_dim", dims=dims, create_graph=True, **kwargs)
+    return maps_from_activation(mu, feats, score="per_dim", dims=dims, create_graph=create_graph, **kwargs)
+
+
+def apply_pending_updates(optimizers: Optimizers) -> None:
+    """The top of a ``deferred`` iteration: both optimisers step on the gradients the previous iteration left in
+    ``.grad``. Adam skips parameters whose ``.grad`` is None, so at the first iteration nothing changes."""
+    optimizers.vae.step()
+    if optimizers.discriminator is not None:
+        optimizers.discriminator.step()
 
 
 def train_step(
@@ -85,10 +145,22 @@ def train_step(
     config: DisentangleConfig,
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
-    """One optimiser iteration on ``batch`` (and ``batch2`` for the discriminator); returns float metrics."""
+    """One optimiser iteration on ``batch`` (and ``batch2`` for the discriminator); returns float metrics.
+
+    ``sequential``: gradients, then both optimisers step. ``deferred``: the optimisers first step on the previous
+    call's gradients, and this call's gradients stay in ``.grad`` for the next call (see the module docstring).
+    """
     vae, disc = models
+    deferred = config.loop_order == "deferred"
+    if deferred:
+        apply_pending_updates(optimizers)
     vae.train()
-    out = vae(batch, generator=generator)
+    # AD-FactorVAE takes its maps from this forward's graph: one encoder pass per step, not two
+    with (capture_activation(vae, config.attention_layer, enabled=config.model == "ad_factorvae") as captured,
+          torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")):
+        out = vae(batch, generator=generator)
+    if config.precision == "bf16":  # losses and the discriminator in fp32 (the maps keep the bf16 activation)
+        out = type(out)(*(t.float() for t in out))
     recon = losses.bernoulli_recon_loss(out.recon_logits, batch)
     kld = losses.gaussian_kl(out.mu, out.logvar)
     metrics: dict[str, torch.Tensor | float] = {"recon_loss": recon, "kld": kld}
@@ -101,29 +173,40 @@ def train_step(
         vae_loss = recon + kld + config.gamma * tc
         metrics["tc"] = tc
         if config.model == "ad_factorvae":
-            maps = ad_attention_maps(vae, batch, config, generator)
-            ad = losses.attention_disentanglement(maps, config.pairs, generator)
+            # ad_gradient="detached": maps without a graph, so λ·L_AD is a constant and trains nothing (the report)
+            maps = ad_maps_from_activation(out.mu, captured.tensor, config, generator, size=tuple(batch.shape[-2:]),
+                                           score=config.ad_map_score,
+                                           create_graph=config.ad_gradient == "differentiable")
+            ad, pair_stats = losses.attention_disentanglement_with_stats(maps, config.pairs, generator)
             vae_loss = vae_loss + config.lambda_ad * ad
             metrics["ad_loss"] = ad
             metrics["zero_map_fraction"] = losses.zero_map_fraction(maps)
+            metrics["dropped_pair_fraction"] = pair_stats["dropped_pair_fraction"]
+            metrics["zero_score_pair_fraction"] = pair_stats["zero_score_pair_fraction"]
     metrics["vae_loss"] = vae_loss
 
     optimizers.vae.zero_grad(set_to_none=True)
-    torch.autograd.backward(vae_loss, inputs=list(vae.parameters()))
+    # deferred: D's loss below backpropagates through this loss's D(z) graph too
+    torch.autograd.backward(vae_loss, inputs=list(vae.parameters()), retain_graph=deferred and disc is not None)
 
     if disc is not None:
         with torch.no_grad():
             mu2, logvar2 = vae.encode(batch2)
             z_perm = losses.permute_dims(reparameterize(mu2, logvar2, generator), generator)
-        d_joint = disc(out.z.detach())
+        if not deferred:
+            d_joint = disc(out.z.detach())
         d_perm = disc(z_perm)
         d_loss = losses.discriminator_loss(d_joint, d_perm)
         optimizers.discriminator.zero_grad(set_to_none=True)
-        d_loss.backward()
+        if deferred:  # the report's D_tc_loss.backward(): ∂L_D/∂θ_encoder accumulates onto the VAE's gradient
+            torch.autograd.backward(d_loss, inputs=list(disc.parameters()) + list(vae.parameters()))
+        else:
+            d_loss.backward()
         metrics["d_loss"] = d_loss
         metrics["d_accuracy"] = losses.discriminator_accuracy(d_joint.detach(), d_perm.detach())
 
-    optimizers.vae.step()
-    if disc is not None:
-        optimizers.discriminator.step()
+    if not deferred:
+        optimizers.vae.step()
+        if disc is not None:
+            optimizers.discriminator.step()
     return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in metrics.items()}
