@@ -59,33 +59,46 @@ def flops_by_op(step_fn: StepFn) -> dict[str, int]:
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
-def measure_rate(step_fn: StepFn, steps: int, warmup: int = 3, blocks: int = 3) -> float:
+def _synchronize(device: str | torch.device) -> None:
+    """Wait for queued CUDA kernels, so a timed block ends when its work does (no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_rate(step_fn: StepFn, steps: int, warmup: int = 3, blocks: int = 3,
+                 device: str | torch.device = "cpu") -> float:
     """Calls per second: ``warmup`` untimed calls, then ``steps`` calls in ``blocks`` timed blocks; the median
-    block rate, so that one block disturbed by a neighbour on a shared machine does not set the figure."""
+    block rate, so that one block disturbed by a neighbour on a shared machine does not set the figure.
+    On CUDA each block starts and ends with a synchronize (kernels run asynchronously)."""
     for _ in range(warmup):
         step_fn()
     blocks = max(1, min(blocks, steps))
     per_block = max(1, steps // blocks)
     rates = []
     for _ in range(blocks):
+        _synchronize(device)
         start = time.perf_counter()
         for _ in range(per_block):
             step_fn()
+        _synchronize(device)
         rates.append(per_block / (time.perf_counter() - start))
     return statistics.median(rates)
 
 
-def gemm_gflops(threads: int | None, size: int = 1024, seconds: float = 1.0) -> float:
+def gemm_gflops(threads: int | None, size: int = 1024, seconds: float = 1.0,
+                device: str | torch.device = "cpu") -> float:
     """The machine's fp32 dense matmul rate in GFLOP/s on ``threads`` threads (None: the current count).
 
     A ``size``³ ``torch.mm`` into a preallocated output, repeated for about ``seconds`` s split into 5 blocks;
     the median block rate (2·size³ FLOPs per matmul). 1024³ is large enough for oneDNN/MKL to reach its
     steady rate on a few cores (≈ 0.1 s per matmul at 20 GFLOP/s) and small enough to fit in a short budget.
+    On CUDA (``device``) the same loop runs on the GPU with a synchronize per matmul (TF32 as torch's
+    current ``allow_tf32`` setting says; off by default, so this is the plain fp32 rate); use size ≥ 4096 there.
     """
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator)
-    b = torch.randn(size, size, generator=generator)
-    out = torch.empty(size, size)
+    a = torch.randn(size, size, generator=generator).to(device)
+    b = torch.randn(size, size, generator=generator).to(device)
+    out = torch.empty(size, size, device=device)
     flops_per_mm = 2.0 * size**3
     with torch_threads(threads):
         torch.mm(a, b, out=out)  # warm-up: thread pool start, kernel selection
@@ -95,6 +108,7 @@ def gemm_gflops(threads: int | None, size: int = 1024, seconds: float = 1.0) -> 
             count, start = 0, time.perf_counter()
             while True:
                 torch.mm(a, b, out=out)
+                _synchronize(device)
                 count += 1
                 elapsed = time.perf_counter() - start
                 if elapsed >= block_s:
@@ -111,6 +125,7 @@ def fraction_of_gemm(
     warmup: int = 3,
     gemm_size: int = 1024,
     gemm_seconds: float = 1.0,
+    device: str | torch.device = "cpu",
 ) -> dict[str, float]:
     """Throughput of ``step_fn`` against the GEMM rate measured in the same call, on the same thread count.
 
@@ -122,9 +137,9 @@ def fraction_of_gemm(
     """
     with torch_threads(threads):
         flops = step_flops(step_fn)
-        gemm_before = gemm_gflops(None, gemm_size, gemm_seconds / 2)
-        rate = measure_rate(step_fn, steps, warmup=warmup)
-        gemm_after = gemm_gflops(None, gemm_size, gemm_seconds / 2)
+        gemm_before = gemm_gflops(None, gemm_size, gemm_seconds / 2, device)
+        rate = measure_rate(step_fn, steps, warmup=warmup, device=device)
+        gemm_after = gemm_gflops(None, gemm_size, gemm_seconds / 2, device)
     gemm = max(gemm_before, gemm_after)
     gflop_per_step = flops / 1e9
     achieved = rate * gflop_per_step

@@ -1,134 +1,150 @@
-"""Throughput of the disentanglement training step, against a naive reference at identical math.
+"""Throughput of the project's disentanglement step against an independent textbook step, with FLOPs and GEMM rate.
 
-    python -m benchmarks.step [--steps 20] [--device cpu|cuda] [--data-dir DIR] [--metric]
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.step [--threads 2] [--batch 64] [--device cpu|cuda]
+                                                     [--layer first|last] [--steps 30] [--variants] [--quick]
 
-Ours: batches drawn by random index from the bit-packed, memory-mapped dSprites cache and unpacked per batch;
-per-dimension attention gradients by the per-device default (``grad_method="auto"``).
-Naive: a ``DataLoader`` (shuffle, batch 64) over a ``TensorDataset`` of float images (a 50k-image subset:
-the full set as float32 is 12 GB) and a Python loop of ``autograd.grad`` per latent dimension; for
-``random_pair`` the naive step computes all 10 maps and then picks the pair.
-Each row prints iterations per second (median of 3 timed blocks after warm-up) and ours/naive.
-``--metric`` also times one full disentanglement_lib FactorVAE metric (≈ 1 M images drawn) on the model.
+Ours: ``DisentangleState.step`` (batches by random index from the bit-packed dSprites cache, the project's
+``train_step``, per-dimension gradients by ``grad_method="auto"``). Reference: ``benchmarks.textbook.TextbookStep``,
+written independently from the papers (its own models, a ``DataLoader``, one ``autograd.grad`` per latent dim,
+activations kept from the VAE's own forward); nothing on that side calls the project. Both use the same
+attention layer: ``--layer first`` = the project's default ``encoder.0`` (32×32 maps), ``last`` = ``encoder.6``.
+
+Rows: FactorVAE, AD-FactorVAE with 10 maps (``consecutive_dims``) and with a random pair (2 maps). Each row
+prints it/s (ours and the textbook timed in 5 alternating blocks after warm-up, median block), FLOPs per step
+(torch's FLOP counter: matmuls and convs of forward, backward and double backward), the achieved GFLOP/s, and
+its fraction of the fp32 GEMM rate measured in the same run on the same threads; then ours/textbook.
+``--variants`` (default on CUDA) adds the project's step with ``grad_method`` loop/batched and bf16.
+
+Set ``OMP_WAIT_POLICY=PASSIVE`` on a shared machine: spinning OpenMP threads that wait on descheduled peers
+make a 2-thread step several times slower, on both sides alike but not equally. It must be set before Python
+starts (OpenMP reads it when torch loads).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import statistics
-import time
+import tempfile
+from collections.abc import Sequence
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
-from vae_attention import losses
+from benchmarks.flops import HEADER, format_row, fraction_of_gemm, gemm_gflops, measure_rate, step_flops, torch_threads
+from benchmarks.textbook import TextbookStep
 from vae_attention.data import DSprites
-from vae_attention.metrics import factor_vae_metric
-from vae_attention.training import DisentangleConfig, DisentangleState, build_models, build_optimizers, train_step
-from vae_attention.training.disentangle import ad_attention_maps
+from vae_attention.training import DisentangleConfig, DisentangleState
 
-NAIVE_SUBSET = 50_000
-
-
-def _rate(step, steps: int, device: torch.device) -> float:
-    for _ in range(3):
-        step()
-    rates = []
-    for _ in range(3):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rates.append(steps / (time.perf_counter() - start))
-    return statistics.median(rates)
+LAYER_NAMES = {"first": "encoder.0", "last": "encoder.6"}  # textbook layer → the project's module name
+ROWS = (("factorvae", "consecutive_dims"), ("ad_factorvae", "consecutive_dims"), ("ad_factorvae", "random_pair"))
+TEXTBOOK_PAIRS = {"consecutive_dims": "consecutive", "random_pair": "random"}
+WIDTH = 50  # the row label column
+QUICK_GRID = (3, 2, 4, 8, 8)  # 1,536 images: a stand-in small enough to build in well under a second
 
 
-def ours(config: DisentangleConfig, dataset, device):
-    state = DisentangleState(config, dataset, device=device)
-    return state.step
+def project_step(model: str, pairs: str, batch: int, layer: str, dataset, device: str, **overrides):
+    """The project's step as a zero-argument callable (one optimiser iteration per call)."""
+    fields = {f.name for f in dataclasses.fields(DisentangleConfig)}
+    overrides = {k: v for k, v in overrides.items() if k in fields}
+    config = DisentangleConfig(model=model, pairs=pairs, batch_size=batch, attention_layer=LAYER_NAMES[layer],
+                               eval_size=min(5000, dataset.num_images // 5), **overrides)
+    return DisentangleState(config, dataset, device=device).step
 
 
-def naive(config: DisentangleConfig, images: torch.Tensor, device):
-    """The textbook loop: DataLoader batches, per-dim autograd.grad loop, all maps for any pair policy."""
-    config = config.replace(grad_method="loop")
-    models = build_models(config, device)
-    optimizers = build_optimizers(config, models)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    loader = DataLoader(TensorDataset(images), batch_size=config.batch_size, shuffle=True, drop_last=True)
-    batches = iter(())
-
-    def next_batch():
-        nonlocal batches
-        try:
-            return next(batches)[0].to(device)
-        except StopIteration:
-            batches = iter(loader)
-            return next(batches)[0].to(device)
-
-    all_maps_config = config.replace(pairs="consecutive_dims")
-
-    def step():
-        x, x2 = next_batch(), next_batch()
-        if config.pairs == "random_pair":
-            # identical math, naive cost: every dim's map, then the pair the policy draws
-            maps = ad_attention_maps(models.vae, x, all_maps_config, generator)
-            losses.attention_disentanglement(maps, "random_pair", generator)
-        train_step(models, optimizers, x, x2, config, generator)
-
-    return step
+def paired_results(steps_fns, steps: int, threads: int, *, warmup: int, gemm_size: int, gemm_seconds: float,
+                   device: str, blocks: int = 5) -> list[dict[str, float]]:
+    """``fraction_of_gemm`` for several steps timed in alternating blocks (A B A B …, the order flipped every
+    block), so a neighbour's burst of load on a shared machine hits both sides alike; the median block rate of
+    each, and the larger of the GEMM rates measured before and after all blocks."""
+    with torch_threads(threads):
+        flops = [step_flops(fn) for fn in steps_fns]
+        for fn in steps_fns:
+            measure_rate(fn, 1, warmup=warmup - 1 if warmup > 0 else 0, blocks=1, device=device)
+        gemm_before = gemm_gflops(None, gemm_size, gemm_seconds / 2, device)
+        per_block = max(1, steps // blocks)
+        rates: list[list[float]] = [[] for _ in steps_fns]
+        for block in range(blocks):
+            order = range(len(steps_fns)) if block % 2 == 0 else reversed(range(len(steps_fns)))
+            for i in order:
+                rates[i].append(measure_rate(steps_fns[i], per_block, warmup=0, blocks=1, device=device))
+        gemm = max(gemm_before, gemm_gflops(None, gemm_size, gemm_seconds / 2, device))
+    results = []
+    for step_rates, step_flop in zip(rates, flops, strict=True):
+        rate = statistics.median(step_rates)
+        gflop = step_flop / 1e9
+        results.append({"iterations_per_s": rate, "gflop_per_step": gflop, "gflops": rate * gflop,
+                        "gemm_gflops": gemm, "fraction": rate * gflop / gemm})
+    return results
 
 
-def main(argv=None) -> None:
+def variants(device: str) -> list[tuple[str, dict]]:
+    """Project-side options timed with ``--variants``: those the config knows (others are skipped)."""
+    fields = {f.name for f in dataclasses.fields(DisentangleConfig)}
+    options = [("grad loop", dict(grad_method="loop")), ("grad batched", dict(grad_method="batched")),
+               ("bf16", dict(precision="bf16"))]
+    return [(name, opts) for name, opts in options if set(opts) <= fields]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20, help="iterations per timed block (3 blocks)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--data-dir", default=None, help="folder with the official dSprites npz (else stand-in)")
-    parser.add_argument("--metric", action="store_true", help="also time one full dlib FactorVAE metric")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (steps and GEMM)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--layer", choices=tuple(LAYER_NAMES), default="first",
+                        help="attention layer, both sides: first = encoder.0 (the default), last = encoder.6")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per row (3 blocks, median rate)")
+    parser.add_argument("--data-dir", default=None, help="folder with the official dSprites npz (else the stand-in)")
+    parser.add_argument("--variants", action="store_true", help="also time grad_method loop/batched and bf16 "
+                        "(always on with --device cuda)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: a small stand-in data set, 3 timed steps, a short GEMM")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available here")
+    cuda = args.device == "cuda"
+    # CPU: 1024³ reaches oneDNN's steady rate on a few cores; a GPU needs 4096³ to fill its SMs
+    gemm_size = 4096 if cuda else (512 if args.quick else 1024)
+    steps, warmup, gemm_seconds = (3, 1, 0.2) if args.quick else (args.steps, 3, 1.0)
 
-    dataset = DSprites(args.data_dir)
-    print(f"device={device} torch_threads={torch.get_num_threads()} torch={torch.__version__}")
-    print(dataset.describe())
-    subset = np.random.default_rng(0).choice(dataset.num_images, NAIVE_SUBSET, replace=False)
-    images = dataset.images(np.sort(subset))  # 50k × 4096 float32 = 0.8 GB, as the naive loop would hold
-    rng = np.random.default_rng(1)
-    packed_mb = dataset.cache_path.stat().st_size / 2**20
-    print(f"memory: packed mmap {packed_mb:.0f} MiB for all {dataset.num_images} images (shared by every trial "
-          f"on a node); naive float subset {images.numel() * 4 / 2**20:.0f} MiB for {NAIVE_SUBSET}, "
-          f"{dataset.num_images * 4096 * 4 / 2**30:.1f} GiB for all")
+    with tempfile.TemporaryDirectory() as scratch:
+        dataset = (DSprites(grid=QUICK_GRID, cache_dir=scratch) if args.quick and args.data_dir is None
+                   else DSprites(args.data_dir))
+        load = os.getloadavg()[0]
+        print(f"benchmarks.step: device={args.device} threads={args.threads} batch={args.batch} layer={args.layer} "
+              f"({LAYER_NAMES[args.layer]}) torch={torch.__version__} OMP_WAIT_POLICY="
+              f"{os.environ.get('OMP_WAIT_POLICY', 'unset')} load={load:.1f}/{os.cpu_count()} cores"
+              f"{' (quick: a smoke test, not a measurement)' if args.quick else ''}")
+        if cuda:
+            print(f"gpu: {torch.cuda.get_device_name()}")
+        print(dataset.describe())
+        with torch_threads(args.threads):
+            gemm = gemm_gflops(None, gemm_size, gemm_seconds, args.device)
+        print(f"fp32 GEMM {gemm_size}³ on {args.device}: {gemm:.1f} GFLOP/s (each row re-measures it)")
+        print(f"{'step':{WIDTH}s}{HEADER[len('step'.ljust(38)):]} {'ours/textbook':>14s}")
 
-    rows = [
-        ("factorvae", DisentangleConfig(model="factorvae")),
-        ("ad_factorvae consecutive_dims", DisentangleConfig(model="ad_factorvae")),
-        ("ad_factorvae random_pair", DisentangleConfig(model="ad_factorvae", pairs="random_pair")),
-    ]
-    print(f"{'step (batch 64)':32s} {'ours it/s':>10s} {'naive it/s':>11s} {'ratio':>7s}")
-    fetch = _rate(lambda: dataset.images(rng.integers(0, dataset.num_images, 64)), 200, device)
-    loader = iter(DataLoader(TensorDataset(images), batch_size=64, shuffle=True, drop_last=True))
-    fetch_naive = _rate(lambda: next(loader), 200, device)
-    print(f"{'data only (batches/s)':32s} {fetch:10.0f} {fetch_naive:11.0f} {fetch / fetch_naive:6.2f}x")
-    for name, config in rows:
-        fast = _rate(ours(config, dataset, device), args.steps, device)
-        slow = _rate(naive(config, images, device), args.steps, device)
-        print(f"{name:32s} {fast:10.2f} {slow:11.2f} {fast / slow:6.2f}x")
+        def measure(step):
+            return fraction_of_gemm(step, steps, args.threads, warmup=warmup, gemm_size=gemm_size,
+                                    gemm_seconds=gemm_seconds, device=args.device)
 
-    config = DisentangleConfig(model="ad_factorvae")
-    loop = _rate(ours(config.replace(grad_method="loop"), dataset, device), args.steps, device)
-    batched = _rate(ours(config.replace(grad_method="batched"), dataset, device), args.steps, device)
-    print(f"per-dim gradients, whole AD step: loop {loop:.2f} it/s, batched (vmap) {batched:.2f} it/s "
-          f"-> auto uses {'batched' if device.type == 'cuda' else 'loop'} on {device.type}")
-
-    if args.metric:
-        # An untrained encoder has no dim above the 0.05 std threshold and would exit early; threshold 0
-        # keeps every dim active so the timing covers the full vote encode.
-        state = DisentangleState(DisentangleConfig(), dataset, device=device)
-        result = factor_vae_metric(state.representation, dataset, np.random.default_rng(0), prune_threshold=0.0)
-        print(f"dlib FactorVAE metric (prune_threshold=0): {result['elapsed_s']:.1f} s, "
-              f"{result['num_encoded']} images encoded of {result['num_drawn']} drawn")
+        for model, pairs in ROWS:
+            label = model if model == "factorvae" else f"{model} {pairs}"
+            ours, reference = paired_results(
+                [project_step(model, pairs, args.batch, args.layer, dataset, args.device),
+                 TextbookStep(model, args.batch, TEXTBOOK_PAIRS[pairs], args.layer, device=args.device)],
+                steps, args.threads, warmup=warmup, gemm_size=gemm_size, gemm_seconds=gemm_seconds,
+                device=args.device, blocks=3 if args.quick else 5)
+            ratio = ours["iterations_per_s"] / reference["iterations_per_s"]
+            print(format_row(f"{label} [ours]", ours, WIDTH), f"{ratio:13.2f}x")
+            print(format_row(f"{label} [textbook]", reference, WIDTH), flush=True)
+            if args.variants or cuda:
+                for name, options in variants(args.device):
+                    if model == "factorvae" and "grad_method" in options:
+                        continue  # no attention maps in FactorVAE
+                    result = measure(project_step(model, pairs, args.batch, args.layer, dataset, args.device,
+                                                  **options))
+                    ratio = result["iterations_per_s"] / reference["iterations_per_s"]
+                    print(format_row(f"{label} [ours, {name}]", result, WIDTH), f"{ratio:13.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,8 @@ def ad_loss(maps: torch.Tensor, pairs: Sequence[tuple[int, int]]) -> torch.Tenso
 
 def permute_dims(z: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Shuffle each latent dimension independently across the batch: samples of ∏_j q(z_j) (Kim & Mnih, Alg. 1)."""
-    return torch.stack([z[torch.randperm(z.shape[0], generator=generator), j] for j in range(z.shape[1])], dim=1)
+    return torch.stack([z[torch.randperm(z.shape[0], generator=generator, device=z.device), j]
+                        for j in range(z.shape[1])], dim=1)
 
 
 class TextbookStep:
@@ -124,41 +125,44 @@ class TextbookStep:
     """
 
     def __init__(self, model: str = "factorvae", batch: int = 64, pairs: str = "consecutive",
-                 layer: str = "last", seed: int = 0, images: int = DATA_IMAGES):
+                 layer: str = "last", seed: int = 0, images: int = DATA_IMAGES, device: str = "cpu"):
         if model not in MODELS or pairs not in PAIRS or layer not in LAYERS:
             raise ValueError(f"model={model!r} in {MODELS}, pairs={pairs!r} in {PAIRS}, layer={layer!r} in "
                              f"{tuple(LAYERS)} expected")
         self.ad = model == "ad_factorvae"
-        self.pairs, self.keep, self.batch = pairs, LAYERS[layer], batch
-        self.generator = torch.Generator().manual_seed(seed)
+        self.pairs, self.keep, self.batch, self.device = pairs, LAYERS[layer], batch, torch.device(device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)  # z noise, permutations, pairs
         with torch.random.fork_rng(devices=[]):  # the models' default init draws from the global RNG
             torch.manual_seed(seed)
             self.encoder, self.decoder, self.disc = Encoder(), decoder(), discriminator()
+        for module in (self.encoder, self.decoder, self.disc):
+            module.to(self.device)
         self.vae_opt = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()],
                                         lr=1e-4, betas=(0.9, 0.999))
         self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
-        data = (torch.rand(images, 1, 64, 64, generator=self.generator) < 0.5).float()
+        # the data set stays on the host, as a DataLoader's does; each batch is copied to the device
+        data = (torch.rand(images, 1, 64, 64, generator=torch.Generator().manual_seed(seed)) < 0.5).float()
         self.loader = DataLoader(TensorDataset(data), batch_size=batch, shuffle=True, drop_last=True,
                                  generator=torch.Generator().manual_seed(seed + 1))
         self.batches = iter(self.loader)
 
     def next_batch(self) -> torch.Tensor:
         try:
-            return next(self.batches)[0]
+            return next(self.batches)[0].to(self.device, non_blocking=True)
         except StopIteration:  # a new epoch: a fresh shuffle
             self.batches = iter(self.loader)
-            return next(self.batches)[0]
+            return next(self.batches)[0].to(self.device, non_blocking=True)
 
     def dims_and_pairs(self) -> tuple[list[int], list[tuple[int, int]]]:
         """Which dims' maps to compute, and the pairs as indices into those maps."""
         if self.pairs == "random":
-            return torch.randperm(Z_DIM, generator=self.generator)[:2].tolist(), [(0, 1)]
+            return torch.randperm(Z_DIM, generator=self.generator, device=self.device)[:2].tolist(), [(0, 1)]
         return list(range(Z_DIM)), [(i, i + 1) for i in range(0, Z_DIM - 1, 2)]
 
     def __call__(self) -> dict[str, torch.Tensor]:
         x, x_prime = self.next_batch(), self.next_batch()
         mu, logvar, acts = self.encoder(x, self.keep if self.ad else None)
-        z = mu + torch.randn(mu.shape, generator=self.generator) * (0.5 * logvar).exp()
+        z = mu + torch.randn(mu.shape, generator=self.generator, device=self.device) * (0.5 * logvar).exp()
         recon = F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="sum") / x.shape[0]
         kld = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1).mean()
         d_z = self.disc(z)
@@ -171,14 +175,14 @@ class TextbookStep:
             vae_loss = vae_loss + LAMBDA_AD * out["ad"]
         with torch.no_grad():  # z' only feeds D through permute_dims, which is detached anyway
             mu2, logvar2, _ = self.encoder(x_prime)
-            z_prime = mu2 + torch.randn(mu2.shape, generator=self.generator) * (0.5 * logvar2).exp()
+            z_prime = mu2 + torch.randn(mu2.shape, generator=self.generator, device=self.device) * (0.5 * logvar2).exp()
 
         self.vae_opt.zero_grad(set_to_none=True)
         vae_loss.backward()  # also fills D's grads through γ·TC; cleared below before D's own backward
         self.vae_opt.step()
 
         logits = self.disc(torch.cat([z.detach(), permute_dims(z_prime, self.generator)]))
-        labels = torch.cat([torch.zeros(x.shape[0], dtype=torch.long), torch.ones(x.shape[0], dtype=torch.long)])
+        labels = torch.arange(2, device=self.device).repeat_interleave(x.shape[0])  # B zeros (joint), B ones
         d_loss = F.cross_entropy(logits, labels)  # = ½[CE(joint, 0) + CE(permuted, 1)] for equal halves
         self.d_opt.zero_grad(set_to_none=True)
         d_loss.backward()

@@ -287,8 +287,15 @@ class DSprites:
         return self.images(self.index_of(factors))
 
     # -- training batches ---------------------------------------------------------------------------------
-    def images(self, indices) -> torch.Tensor:
-        """Images at ``indices`` (any order, repeats allowed) as a float32 (n, 1, 64, 64) tensor of 0/1."""
+    def images(self, indices, device: torch.device | str | None = None) -> torch.Tensor:
+        """Images at ``indices`` (any order, repeats allowed) as a float32 (n, 1, 64, 64) tensor of 0/1.
+
+        ``device`` None or CPU: unpacked on the host from the memory map. A CUDA device: gathered and unpacked
+        on the device from the packed array held there (``resident``), with no host copy of the images; the
+        result is the same tensor for the same indices.
+        """
+        if device is not None and torch.device(device).type != "cpu":
+            return self.resident(device).images(indices)
         idx = np.asarray(indices)
         if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
             raise ValueError(f"indices must be a 1-D integer array, got shape {idx.shape} dtype {idx.dtype}")
@@ -298,6 +305,14 @@ class DSprites:
                 f"image indices must lie in [0, {self.num_images}), got {idx.min()}..{idx.max()}")
         bits = unpack_rows(self._packed, idx)
         return torch.from_numpy(bits.astype(np.float32)).unsqueeze(1)
+
+    def resident(self, device: torch.device | str) -> ResidentImages:
+        """The packed images copied to ``device`` once per process and shared by every caller in it (the
+        official set is 377 MB packed); later calls for the same cache file and device return the same copy."""
+        key = (str(self.cache_path), str(torch.device(device)))
+        if key not in _RESIDENT:
+            _RESIDENT[key] = ResidentImages(self._packed, device)
+        return _RESIDENT[key]
 
     def describe(self) -> str:
         """One line for logs: source, file, grid and cache."""
@@ -311,3 +326,39 @@ class DSprites:
 
     def __repr__(self) -> str:
         return f"<{self.describe()}>"
+
+
+class ResidentImages:
+    """A bit-packed (N, 512) uint8 image array held on a device; batches are gathered and unpacked there.
+
+    Unpacking follows ``np.packbits``'s default (big) bit order: pixel 8·j + k of an image is bit 7 − k of
+    its byte j, so row-major 64×64 pixels come back in the order they were packed.
+    """
+
+    def __init__(self, packed: np.ndarray, device: torch.device | str):
+        self.device = torch.device(device)
+        self.num_images = packed.shape[0]
+        # a private copy: the memory map is read-only, and torch tensors must own writable memory
+        self.packed = torch.from_numpy(np.array(packed, dtype=np.uint8, copy=True)).to(self.device)
+        self._shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=self.device)  # MSB = first pixel
+
+    def images(self, indices) -> torch.Tensor:
+        """Float32 (n, 1, 64, 64) 0/1 images at ``indices`` (a 1-D integer array or tensor, repeats allowed)."""
+        if torch.is_tensor(indices):
+            idx = indices.to(self.device)
+        else:  # host indices are checked on the host (a check on the device would synchronise every batch)
+            host = np.asarray(indices)
+            if host.ndim == 1 and host.size and host.dtype.kind in "iu" and (
+                    host.min() < 0 or host.max() >= self.num_images):
+                raise IndexError(f"image indices must lie in [0, {self.num_images}), got {host.min()}..{host.max()}")
+            idx = torch.from_numpy(host.astype(np.int64) if host.dtype.kind in "iu" else host).to(self.device)
+        if idx.dim() != 1 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
+            raise ValueError(f"indices must be a 1-D integer array, got shape {tuple(idx.shape)} dtype {idx.dtype}")
+        idx = idx.long()
+        rows = self.packed[idx]  # (n, 512) bytes
+        bits = (rows.unsqueeze(-1) >> self._shifts) & 1  # (n, 512, 8)
+        return bits.reshape(-1, 1, 64, 64).to(torch.float32)
+
+
+# One device copy per (cache file, device) in this process, shared by every DSprites instance and trial in it.
+_RESIDENT: dict[tuple[str, str], ResidentImages] = {}

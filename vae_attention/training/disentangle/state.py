@@ -6,7 +6,8 @@ batches (random indices into the memory-mapped dSprites array, no DataLoader wor
 ``train_step``. All randomness comes from two generators seeded by ``config.seed``: a numpy one for batch
 indices and a torch one (on the compute device) for z samples, permutations and pair choices. Both are in
 ``state_dict()``, with the optimisers and the open report window, so ``load_state_dict`` resumes the exact
-same trajectory on CPU.
+same trajectory on CPU. Under ``loop_order="deferred"`` the gradients waiting in ``.grad`` for the next
+iteration's optimiser steps are saved too (``pending_grads``).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class DisentangleState:
 
     def _batch(self) -> torch.Tensor:
         picks = self.train_indices[self.rng.integers(0, len(self.train_indices), self.config.batch_size)]
-        return self.dataset.images(picks).to(self.device, non_blocking=True)
+        # on CUDA the packed images live on the device and batches are unpacked there (no host copy per step)
+        return self.dataset.images(picks, device=self.device)
 
     def step(self) -> dict[str, float]:
         """One optimiser iteration; the metrics are also added to the report window."""
@@ -135,7 +137,26 @@ class DisentangleState:
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": self.generator.get_state(),
             "window": self.window.state_dict(),
+            **({"pending_grads": self._pending_grads()} if self.config.loop_order == "deferred" else {}),
         }
+
+    def _named_parameters(self) -> dict[str, dict[str, torch.nn.Parameter]]:
+        vae, disc = self.models
+        named = {"vae": dict(vae.named_parameters())}
+        if disc is not None:
+            named["discriminator"] = dict(disc.named_parameters())
+        return named
+
+    def _pending_grads(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The gradients a deferred iteration left for the next one's optimiser steps (none before the first)."""
+        return {model: {name: p.grad.detach().clone() for name, p in params.items() if p.grad is not None}
+                for model, params in self._named_parameters().items()}
+
+    def _load_pending_grads(self, pending: dict[str, dict[str, torch.Tensor]]) -> None:
+        for model, params in self._named_parameters().items():
+            saved = pending.get(model, {})
+            for name, p in params.items():
+                p.grad = saved[name].to(p.device).clone() if name in saved else None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_same_config(state.get("config"), self.config)
@@ -149,6 +170,8 @@ class DisentangleState:
         self.rng.bit_generator.state = state["numpy_rng"]
         self.generator.set_state(state["torch_rng"].cpu())
         self.window.load_state_dict(state["window"])
+        if self.config.loop_order == "deferred":
+            self._load_pending_grads(state["pending_grads"])
         self.iteration = int(state["iteration"])
 
     def save(self, path) -> None:
