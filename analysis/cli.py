@@ -13,6 +13,9 @@ from pathlib import Path
 
 from analysis import AnalysisError
 
+# as study.run: MLflow's own environment variable, else a SQLite file in the working directory
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXAMPLE = ("python -m analysis report --tracking-uri sqlite:///mlflow.db --sweep disentangle-exp1 "
            "--out reports/exp1")
 
@@ -34,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "report.md, report.html and claims.md in --out, and log them as an MLflow run tagged "
                     f"run_kind=report in the first sweep's experiment. Example: {EXAMPLE}",
     )
-    report.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
-                        help="the MLflow store the sweeps logged to (default sqlite:///mlflow.db)")
+    report.add_argument("--tracking-uri", default=None,
+                        help=f"the MLflow store the sweeps logged to (default ${TRACKING_URI_ENV} if set, else "
+                             f"{DEFAULT_TRACKING_URI})")
     report.add_argument("--sweep", action="append", required=True, metavar="NAME",
                         help="a sweep (= MLflow experiment) name; repeat to combine sweeps")
     report.add_argument("--out", required=True, type=Path,
@@ -54,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from analysis.report import build, summary_lines
 
-    result = build(args.tracking_uri, args.sweep, args.out, fmt=args.format, include_quick=args.include_quick,
+    tracking_uri = args.tracking_uri or os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI
+    result = build(tracking_uri, args.sweep, args.out, fmt=args.format, include_quick=args.include_quick,
                    allow_mixed_data=args.allow_mixed_data, log_run=not args.no_log)
     for line in summary_lines(result):
         print(line)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces import ablations
-from study.options import DEFAULTS, check_resources, resolve_tracking_uri
+from study.options import DEFAULTS, TRACKING_URI_ENV, check_resources, default_tracking_uri, resolve_tracking_uri
 from vae_attention.errors import ConfigError, StudyError
 
 STEP_KEYS = {"anomaly": "epoch", "disentangle": "iteration"}
@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", choices=ablations.ABLATIONS,
                    help="report: activation × gradient normalisation × layer × score per data set (explicit "
                         "--grid axes replace its axes)")
-    p.add_argument("--tracking-uri", help=f"MLflow tracking URI (default {DEFAULTS['tracking_uri']})")
+    p.add_argument("--tracking-uri", help=f"MLflow tracking URI (default ${TRACKING_URI_ENV} if set, else "
+                                          f"{DEFAULTS['tracking_uri']})")
     p.add_argument("--dry-run", action="store_true", help="print the combinations and the run count, then exit")
     g = p.add_argument_group("resources (as study.run; one re-score = one trial's resources)")
     g.add_argument("--cpus-per-trial", type=float, default=DEFAULTS["cpus_per_trial"],
@@ -210,14 +211,15 @@ def final_step(client, trial: Trial) -> int:
 def log_child(client, experiment_id: str, job: Job, result: dict[str, Any]) -> str:
     from mlflow.entities import Metric, Param
 
-    from study.tracking import git_commit
+    from study.tracking import git_commit, mlflow_standard_tags
 
     parent = job.trial.run
     inherited = {k: v for k, v in parent.data.tags.items()
                  if k in ("sweep", "study", "preset", "data_source", "config_key", "trial_id")}
     tags = {**inherited, "run_kind": "evaluation", "mlflow.parentRunId": parent.info.run_id,
             "evaluation_key": job.key, "evaluation_settings": json.dumps(job.settings, sort_keys=True, default=list),
-            "git_commit": git_commit(), "device": result.get("device", "")}
+            "git_commit": git_commit(), "device": result.get("device", ""),
+            **mlflow_standard_tags(git_commit(), "study/evaluate.py")}
     name = f"{parent.info.run_name}-eval-" + ("-".join(f"{k}={v}" for k, v in job.settings.items()) or "as_trained")
     run_id = client.create_run(experiment_id, tags=tags, run_name=name[:250]).info.run_id
     params = [Param(k, str(v)) for k, v in sorted(job.params.items())]
@@ -259,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent, args.max_failures)
     explicit = ablations.parse_grid(args.grid)
-    client = MlflowClient(resolve_tracking_uri(args.tracking_uri or DEFAULTS["tracking_uri"]))
+    client = MlflowClient(resolve_tracking_uri(args.tracking_uri or default_tracking_uri()))
     experiment_id, runs = find_trials(client, args.sweep, args.run_id)
     failures: list[str] = []
     plans: list[tuple[Trial, list[Job], int]] = []

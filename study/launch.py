@@ -35,7 +35,9 @@ class StudyHooks:
 def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict[str, str]) -> int:
     """Run (or resume) the sweep; returns the exit code: 0 only if every trial finished."""
     # imported here: study.tracking imports mlflow (seconds), which a dry run or a usage error never needs
+    from study.sweep_run import finish_sweep_run, start_sweep_run
     from study.tracking import MLflowTrialLogger
+    from study.tracking import sweep_tags as plan_tags
 
     settings = plan.search
     if settings.scheduler == "optuna":
@@ -43,6 +45,8 @@ def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict
         # the searcher reads the trial's final result, so Tune's per-report presence check must be off.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     connect_ray(plan.address)
+    # before Tune starts: the trial runs nest under it (a resume finds it again; an older sweep gets one now)
+    parent_id = start_sweep_run(plan, sweep_tags or plan_tags(plan))
     trainable = tune.with_resources(hooks.trainable, plan.resources)
     if resume:
         print(f"resuming sweep {plan.name!r} from {plan.path}")
@@ -85,4 +89,6 @@ def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict
         raise StudyError(f"the sweep stopped: {type(err).__name__}: {reason}{free_space_note(plan.path)}; "
                          f"finished trials and checkpoints are kept under {plan.path}: fix the cause, then "
                          "--resume") from None
-    return summarise(results, hooks.total_key, hooks.step_key, stopped_early_ok=settings.scheduler == "asha")
+    code = summarise(results, hooks.total_key, hooks.step_key, stopped_early_ok=settings.scheduler == "asha")
+    finish_sweep_run(plan, parent_id, hooks.metric_defaults, code)
+    return code

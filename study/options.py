@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "max_concurrent": 0,
     "max_failures": 2,
 }
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"  # the default of --tracking-uri when set
 RESUME_OPTIONS = {"name", "storage", "address", "debug", "resume"}
 TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql")
 SERVER_TIMEOUT_S = 5.0
@@ -49,8 +50,9 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("storage and tracking")
     g.add_argument("--name", help="sweep name = Ray experiment folder = MLflow experiment (default: <study>-<exp>)")
     g.add_argument("--storage", help=f"Ray storage path, local, NFS or s3:// (default {DEFAULTS['storage']})")
-    g.add_argument("--tracking-uri", help=f"MLflow tracking URI (default {DEFAULTS['tracking_uri']} in the "
-                                          "working directory; http://HOST:PORT for a tracking server)")
+    g.add_argument("--tracking-uri", help=f"MLflow tracking URI (default ${TRACKING_URI_ENV} if set, else "
+                                          f"{DEFAULTS['tracking_uri']} in the working directory; http://HOST:PORT "
+                                          "for a tracking server)")
     g.add_argument("--resume", action="store_true", default=None,
                    help="resume the interrupted sweep --name (only --name, --storage, --address, --debug apply)")
 
@@ -96,11 +98,16 @@ def check_resume_options(args: argparse.Namespace) -> None:
                           "(a resumed sweep keeps the settings it was started with)")
 
 
+def default_tracking_uri() -> str:
+    """MLflow's own environment variable when set (as ``mlflow`` itself honours it), else ``DEFAULTS``."""
+    return os.environ.get(TRACKING_URI_ENV) or DEFAULTS["tracking_uri"]
+
+
 def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
     merged = argparse.Namespace(**vars(args))
     for key, value in DEFAULTS.items():
         if getattr(merged, key, None) is None:
-            setattr(merged, key, value)
+            setattr(merged, key, default_tracking_uri() if key == "tracking_uri" else value)
     return merged
 
 

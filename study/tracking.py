@@ -15,6 +15,10 @@ lazily in ``setup()`` and dropped when pickled, so the callback survives Tune's 
 
 from __future__ import annotations
 
+import getpass
+import hashlib
+import json
+import re
 import subprocess
 import sys
 import time
@@ -27,14 +31,16 @@ import ray
 import ray.cloudpickle as cloudpickle  # what Ray pickles trial errors with
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from PIL import Image
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from search_spaces.common import PARAMS_KEY
 from vae_attention import errors
+from vae_attention.data.dsprites import NPZ_NAME as DSPRITES_NPZ
 from vae_attention.errors import StudyError
-from vae_attention.training.loop import rate_metric
+from vae_attention.training.loop import METRICS_FILE, rate_metric
 
 if TYPE_CHECKING:
     from study.plan import SweepPlan
@@ -64,6 +70,13 @@ def find_trial_runs(client: MlflowClient, experiment_id: str, trial_id: str | No
     if trial_id is not None:
         query += f" and tags.trial_id = '{trial_id}'"
     return client.search_runs([experiment_id], filter_string=query, max_results=5000)
+
+
+def find_sweep_run(client: MlflowClient, experiment_id: str, sweep: str):
+    """The sweep's parent run (tags ``sweep`` = its name, ``run_kind=sweep``), or None."""
+    query = f"tags.run_kind = 'sweep' and tags.sweep = '{sweep}'"
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=1, order_by=["attributes.start_time"])
+    return runs[0] if runs else None
 
 
 def has_trial_runs(tracking_uri: str, experiment_name: str) -> bool:
@@ -96,10 +109,81 @@ def package_versions() -> dict[str, str]:
             "numpy_version": numpy.__version__, "python_version": sys.version.split()[0]}
 
 
+def mlflow_standard_tags(commit: str, source: str = "study/run.py") -> dict[str, str]:
+    """MLflow's own provenance tags (what ``mlflow.start_run`` would set), so its UI fills Source, User, Commit.
+
+    The runs are made with ``MlflowClient.create_run``, which sets none of them. ``source``: the CLI's module.
+    """
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for the uid (some containers)
+        user = "unknown"
+    tags = {"mlflow.source.name": source, "mlflow.source.type": "LOCAL", "mlflow.user": user}
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
 def sweep_tags(plan: SweepPlan) -> dict[str, str]:
-    """The tags every run of the sweep carries: its name, study, preset, data source and provenance."""
-    return {"sweep": plan.name, "study": plan.study, "preset": plan.preset, "git_commit": git_commit(),
-            "data_source": plan.data_source, **package_versions()}
+    """The tags every run of the sweep carries: its name, study, preset, data source, provenance, MLflow's own."""
+    commit = git_commit()
+    return {"sweep": plan.name, "study": plan.study, "preset": plan.preset, "git_commit": commit,
+            "data_source": plan.data_source, **package_versions(), **mlflow_standard_tags(commit)}
+
+
+# -- a trial's data as an MLflow dataset input ---------------------------------------------------------------
+DIGEST_CHARS = 36  # MLflow's longest dataset digest (mlflow.utils.validation.MAX_DATASET_DIGEST_SIZE)
+
+
+def dataset_input(params: dict[str, Any], data_source: str) -> DatasetInput | None:
+    """The trial's training data as MLflow shows datasets: name, local source path, digest, context ``train``.
+
+    ``data_source`` is the sweep's ``data_source`` tag: ``npz:<sha256 of the dSprites file>`` (the digest is
+    that hash, cut to MLflow's 36 characters), ``generated`` (the stand-in) or ``<dataset>:<folder>``. Folders
+    have no content hash computed, so their digest is the sha256 of ``dataset:folder:category``: it names the
+    source, not its bytes. MVTec runs carry their category in the name and as an input tag.
+    """
+    kind, _, rest = data_source.partition(":")
+    tags = [InputTag("mlflow.data.context", "train")]
+    if kind == "npz":
+        data_dir = params.get("data_dir") or ""
+        name, source, digest = "dsprites", str(Path(data_dir) / DSPRITES_NPZ), rest
+    elif kind == "generated":
+        name, source = "dsprites-generated", "generated"
+        digest = hashlib.sha256(b"generated").hexdigest()
+    elif kind in ("mnist", "mvtec", "ucsd"):
+        category = str(params.get("category") or "") if kind == "mvtec" else ""
+        name = f"mvtec/{category}" if category else kind
+        source = str(Path(rest) / category) if category else rest
+        digest = hashlib.sha256(f"{kind}:{rest}:{category}".encode()).hexdigest()
+        if category:
+            tags.append(InputTag("category", category))
+        if kind == "mnist" and params.get("digit") is not None:
+            tags.append(InputTag("digit", str(params["digit"])))
+    else:  # "mixed", "unresolved" or a form this function does not know: no dataset claim
+        return None
+    dataset = Dataset(name=name, digest=digest[:DIGEST_CHARS], source_type="local",
+                      source=json.dumps({"uri": source}))
+    return DatasetInput(dataset, tags)
+
+
+# -- figures as MLflow images --------------------------------------------------------------------------------
+_STEP_SUFFIX = re.compile(r"_\d+$")
+
+
+def figure_key(png: Path) -> str:
+    """The image key of a figure file: its name without the zero-padded step (``attention_0000100`` → ``attention``)."""
+    return re.sub(r"[^a-zA-Z0-9_\-./ ]", "_", _STEP_SUFFIX.sub("", png.stem))  # log_image refuses other characters
+
+
+def logged_image_steps(client: MlflowClient, run_id: str) -> set[tuple[str, int]]:
+    """(key, step) of the images a run already holds (``log_image`` files are ``images/<key>+step+<n>+…``)."""
+    logged = set()
+    for item in client.list_artifacts(run_id, "images"):
+        parts = Path(item.path).name.split("+")
+        if len(parts) > 2 and parts[1] == "step" and parts[2].isdigit() and not item.path.endswith("compressed.webp"):
+            logged.add((parts[0].replace("~", "/"), int(parts[2])))
+    return logged
 
 
 # -- the Tune callback ---------------------------------------------------------------------------------------
@@ -132,13 +216,15 @@ class MLflowTrialLogger(Callback):
     def _reset(self) -> None:
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
+        self._parent_id: str | None = None  # the sweep's run (made by study.launch before Tune starts)
         self._run_ids: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         self._tagged: dict[str, set[str]] = {}
+        self._images: dict[str, set[tuple[str, int]]] = {}  # (key, step) of the images each trial's run holds
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for key in ("_client", "_experiment_id", "_run_ids", "_last_step", "_tagged"):
+        for key in ("_client", "_experiment_id", "_parent_id", "_run_ids", "_last_step", "_tagged", "_images"):
             state.pop(key)
         return state
 
@@ -151,6 +237,10 @@ class MLflowTrialLogger(Callback):
         if self._client is None:
             self._client = MlflowClient(self.tracking_uri)
             self._experiment_id = get_or_create_experiment(self._client, self.experiment_name)
+            # found by tags, not pickled: a callback restored from a sweep started before parent runs existed
+            # still nests the trials it creates from now on
+            parent = find_sweep_run(self._client, self._experiment_id, self.experiment_name)
+            self._parent_id = parent.info.run_id if parent else None
         return self._client
 
     def setup(self, **info) -> None:
@@ -172,9 +262,13 @@ class MLflowTrialLogger(Callback):
                 client.update_run(run_id, status="RUNNING")
             if "error" in existing[0].data.tags:  # a failed trial is being retried or resumed
                 client.delete_tag(run_id, "error")
+            if self._parent_id and "mlflow.parentRunId" not in existing[0].data.tags:
+                client.set_tag(run_id, "mlflow.parentRunId", self._parent_id)
         else:
             params = trial.config[PARAMS_KEY]
             tags = {**self.sweep_tags, **self.trial_tags(params), "trial_id": trial_id, "run_kind": "trial"}
+            if self._parent_id:
+                tags["mlflow.parentRunId"] = self._parent_id  # MLflow's nesting: the UI folds trials under it
             run = client.create_run(self._experiment_id, tags=tags, run_name=str(trial))  # Tune's trial name
             run_id = run.info.run_id
             resolved = self.resolved_params(params)
@@ -182,6 +276,9 @@ class MLflowTrialLogger(Callback):
             for start in range(0, len(items), _PARAM_BATCH):
                 client.log_batch(run_id, params=items[start : start + _PARAM_BATCH])
             client.log_dict(run_id, resolved, "config.json")
+            data = dataset_input({**params, **resolved}, self.sweep_tags.get("data_source", ""))
+            if data is not None:
+                client.log_inputs(run_id, datasets=[data])
             self._last_step[trial_id] = -1
         self._run_ids[trial_id] = run_id
         self._tagged.setdefault(trial_id, set())
@@ -213,10 +310,28 @@ class MLflowTrialLogger(Callback):
             figures = directory / "figures"
             if figures.is_dir():
                 for png in sorted(figures.glob("*.png")):
-                    self.client.log_artifact(run_id, str(png), "figures")
+                    self.client.log_artifact(run_id, str(png), "figures")  # what analysis reads
+                    self._log_image(run_id, trial.trial_id, png, directory)
+                for gif in sorted(figures.glob("*.gif")):  # animations: artifacts only (an MLflow image is one frame)
+                    self.client.log_artifact(run_id, str(gif), "figures")
             weights = directory / "vae.pt"
             if weights.is_file():
                 self.client.log_artifact(run_id, str(weights), "model")
+
+    def _log_image(self, run_id: str, trial_id: str, png: Path, checkpoint_dir: Path) -> None:
+        """The figure as an MLflow image (key = figure kind, step = the checkpoint's step), once per step.
+
+        MLflow's UI shows them in its image slider; a resumed trial may replay a step already logged.
+        """
+        step = int(json.loads((checkpoint_dir / METRICS_FILE).read_text()).get(self.step_key, 0))
+        key = figure_key(png)
+        if trial_id not in self._images:
+            self._images[trial_id] = logged_image_steps(self.client, run_id)
+        if (key, step) in self._images[trial_id]:
+            return
+        with Image.open(png) as image:
+            self.client.log_image(run_id, image.convert("RGB"), key=key, step=step)
+        self._images[trial_id].add((key, step))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.client.set_terminated(self.run_id(trial), "FINISHED")

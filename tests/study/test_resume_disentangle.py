@@ -35,7 +35,9 @@ def test_sigkilled_sweep_resumes_to_the_same_result(ray_address, tmp_path):
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(name)
-    interrupted = client.search_runs([experiment.experiment_id])
+    interrupted = client.search_runs([experiment.experiment_id], "tags.run_kind = 'trial'")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.run_kind = 'sweep'")
+    assert parent.info.status == "RUNNING"  # the sweep's run, made before Ray started; the kill left it open
     last_steps = [max((m.step for m in client.get_metric_history(r.info.run_id, "recon_loss")), default=0)
                   for r in interrupted]
     assert min(last_steps) < ITERATIONS, last_steps  # the kill really cut a trial short
@@ -46,14 +48,20 @@ def test_sigkilled_sweep_resumes_to_the_same_result(ray_address, tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "2 of 2 trials finished" in resumed.stdout
 
-    runs = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([experiment.experiment_id], "tags.run_kind != 'sweep'")
     assert len(runs) == 2  # exactly one run per trial across the kill and the resume
+    # one parent across the kill and the resume (--resume found it by its tags), every trial nested under it
+    (resumed_parent,) = client.search_runs([experiment.experiment_id], "tags.run_kind = 'sweep'")
+    assert resumed_parent.info.run_id == parent.info.run_id and resumed_parent.info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     for run in runs:
         assert run.info.status == "FINISHED"
         assert run.data.tags["run_kind"] == "trial"
         for key in ("recon_loss", "tc"):
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert steps == list(range(5, ITERATIONS + 1, 5)), (key, steps)
+        images = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+        assert len(images) == 1, images  # the final figure as an MLflow image, once however often it ran
         local = client.download_artifacts(run.info.run_id, "model/vae.pt", str(tmp_path))
         logged = torch.load(local, weights_only=True)
         expected = _uninterrupted_weights(_logged_config(client, run, tmp_path))
