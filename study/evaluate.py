@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -35,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces import ablations
-from study.options import DEFAULTS, TRACKING_URI_ENV, check_resources, default_tracking_uri, resolve_tracking_uri
+from study.options import (
+    DEFAULTS,
+    TRACKING_URI_ENV,
+    check_resources,
+    default_tracking_uri,
+    resolve_tracking_uri,
+    run_command,
+)
 from vae_attention.errors import ConfigError, StudyError
 
 STEP_KEYS = {"anomaly": "epoch", "disentangle": "iteration"}
@@ -356,20 +362,8 @@ def fan_out(client, experiment_id: str, jobs: list[Job], args, scratch: str) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per event, no bars
-    for noisy in ("mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        return run(args)
-    except StudyError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to evaluate the rest", file=sys.stderr)
-        return 130
+    return run_command(run, build_parser().parse_args(argv), "run the same command again to evaluate the rest")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ configuration, so anything else would be silently ignored), and explicit options
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sqlite3
+import sys
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -191,3 +193,22 @@ def resolve_tracking_uri(uri: str) -> str:
             raise StudyError(f"--tracking-uri {uri}: MLflow server unreachable ({type(err).__name__}); "
                              "start it with `mlflow server --host 127.0.0.1 --port PORT`") from None
     return uri
+
+
+def run_command(run, args: argparse.Namespace, interrupted_hint: str) -> int:
+    """The CLIs' shared ending: ``run(args)``'s exit code; a user error as one line (exit 2, traceback only
+    with ``--debug``); Ctrl-C as ``interrupted_hint`` (exit 130)."""
+    # MLflow announces creating/migrating its SQLite tables at INFO; keep the CLI's output to our lines
+    for noisy in ("mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return run(args)
+    except StudyError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; {interrupted_hint}", file=sys.stderr)
+        return 130
+

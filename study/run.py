@@ -7,13 +7,12 @@ The exit code is 0 only if every trial finished.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from study import anomaly, disentangle, rbm
 from study.definition import StudyDefinition
 from study.launch import launch
-from study.options import check_resume_options, resolve_storage, with_defaults
+from study.options import check_resume_options, resolve_storage, run_command, with_defaults
 from study.plan import load_plan, ray_state_saved, sweep_exists
 from vae_attention.errors import StudyError
 
@@ -74,20 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # MLflow announces creating/migrating its SQLite tables at INFO; keep the CLI's output to our lines
-    for noisy in ("mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        return run(args)
-    except StudyError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume", file=sys.stderr)
-        return 130
+    return run_command(run, build_parser().parse_args(argv), "continue with --resume")
 
 
 if __name__ == "__main__":
