@@ -160,7 +160,7 @@ def test_pcd_chains_round_trip_through_state_dict_and_resume_bit_identically():
     buf = io.BytesIO()
     torch.save({"rbm": rbm.state_dict(), "opt": opt.state_dict(), "gen": g.get_state()}, buf)
     buf.seek(0)
-    saved = torch.load(buf)
+    saved = torch.load(buf, weights_only=True)
     fresh = RBM(12, 5)
     assert fresh.persistent_chains.shape == (0, 12)
     fresh.load_state_dict(saved["rbm"])

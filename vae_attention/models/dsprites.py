@@ -25,19 +25,27 @@ def _fc_activation(relu: bool) -> nn.Module:
     return nn.ReLU() if relu else nn.Identity()
 
 
+def _conv_trunk() -> list[nn.Module]:
+    """Kim & Mnih's four 4×4/2 convs (32, 32, 64, 64 channels; 64→4 px), ``encoder.0``–``encoder.7`` in both
+    dSprites VAEs; built fresh per call, in the same order, so a seeded init draws the same weights."""
+    return [
+        nn.Conv2d(1, 32, 4, 2, 1),  # encoder.0: 32×32×32
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 4, 2, 1),  # encoder.2: 32×16×16
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 4, 2, 1),  # encoder.4: 64×8×8
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 4, 2, 1),  # encoder.6: 64×4×4
+        nn.ReLU(),
+    ]
+
+
 class DSpritesVAE(VAE):
     def __init__(self, z_dim: int = 10, generator: torch.Generator | None = None, encoder_fc_relu: bool = True):
         super().__init__()
         self.z_dim = z_dim
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, 32, 4, 2, 1),  # encoder.0: 32×32×32
-            nn.ReLU(),
-            nn.Conv2d(32, 32, 4, 2, 1),  # encoder.2: 32×16×16
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 4, 2, 1),  # encoder.4: 64×8×8
-            nn.ReLU(),
-            nn.Conv2d(64, 64, 4, 2, 1),  # encoder.6: 64×4×4
-            nn.ReLU(),
+            *_conv_trunk(),
             nn.Flatten(),
             nn.Linear(64 * 4 * 4, 128),
             _fc_activation(encoder_fc_relu),  # encoder.10
@@ -75,14 +83,7 @@ class AllConvDSpritesVAE(VAE):
         self.z_dim = z_dim
         with seeded_default_init(generator):
             self.encoder = nn.Sequential(
-                nn.Conv2d(1, 32, 4, 2, 1),  # encoder.0: 32×32×32
-                nn.ReLU(),
-                nn.Conv2d(32, 32, 4, 2, 1),  # encoder.2: 32×16×16
-                nn.ReLU(),
-                nn.Conv2d(32, 64, 4, 2, 1),  # encoder.4: 64×8×8
-                nn.ReLU(),
-                nn.Conv2d(64, 64, 4, 2, 1),  # encoder.6: 64×4×4
-                nn.ReLU(),
+                *_conv_trunk(),
                 nn.Conv2d(64, 128, 4, 1),  # encoder.8: 128×1×1 (Kim & Mnih's FC 128)
                 _fc_activation(encoder_fc_relu),  # encoder.9
                 nn.Conv2d(128, 2 * z_dim, 1),  # encoder.10: 2z×1×1 (μ, log σ²)
