@@ -1,6 +1,6 @@
 """``python -m analysis report``: figures, tables, report.md/html and claims.md from the runs of sweeps.
 
-A user error (unknown sweep, nothing finished, only quick runs, mixed data, a store that is not there)
+A user error (unknown sweep, nothing finished, a quick-only sweep beside full ones, mixed data, a missing store)
 prints one line and exits 2; tracebacks only with ``--debug``.
 """
 
@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output directory: new, empty, or an earlier report's (whose outputs are replaced)")
     report.add_argument("--format", choices=["png", "pdf"], default="png", help="figure format (default png)")
     report.add_argument("--include-quick", action="store_true",
-                        help="also use quick-preset (smoke) runs; they are left out by default")
+                        help="also use quick-preset (smoke) runs beside full ones; left out by default, except "
+                             "when the sweeps hold nothing else (then reported with a note)")
     report.add_argument("--allow-mixed-data", action="store_true",
                         help="put runs of different data sources in one table (each source stays its own "
                              "configuration); refused by default")

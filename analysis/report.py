@@ -13,7 +13,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis import AnalysisError, ablations, anomaly, claims, disentangle, overview, plotting, rbm, reference
+from analysis import (
+    AnalysisError,
+    ablations,
+    anomaly,
+    claims,
+    disentangle,
+    optuna_plots,
+    overview,
+    plotting,
+    rbm,
+    reference,
+)
 from analysis.document import Section, TableItem, write_document
 from analysis.selection import Selection, select, short
 from analysis.store import Histories, load_sweep, open_store
@@ -54,6 +65,7 @@ def preamble(uri: str, names: list[str], selection: Selection) -> str:
     counts = "; ".join(f"{group}: {len(part)}" for group, part in runs.groupby("group"))
     presets = ", ".join(sorted(runs["preset"].fillna("unknown").unique()))
     quick = ("quick-preset runs included (--include-quick)" if selection.include_quick
+             else "quick-preset runs only (the sweeps hold no others)" if selection.quick_only
              else "quick-preset runs excluded (pass --include-quick to include them)")
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [f"Tracking store {uri}; sweeps {', '.join(names)}; generated {stamp}.",
@@ -118,6 +130,8 @@ def build(tracking_uri: str, sweep_names: list[str], out: Path, fmt: str = "png"
     histories = Histories(client)
     with plotting.style():
         sections = figure_sections(runs, histories, client, out, fmt)
+        searched = optuna_plots.section(client, sweeps, out, fmt)  # None unless a sweep searched with Optuna
+    sections += [searched] if searched is not None else []
     ablation = ablations.section(client, runs, [sweep.experiment_id for sweep in sweeps])
     if ablation is not None:  # only when some selected trial was re-scored (python -m study.evaluate)
         sections.append(ablation)

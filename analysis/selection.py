@@ -1,7 +1,8 @@
 """Which trial runs a report may use, and the sentences that say so.
 
 Final numbers come from FINISHED trial runs only. Quick-preset runs are smoke tests (tens of iterations,
-shrunken metrics): they enter only with ``--include-quick``. Runs on different data (the real dSprites npz vs
+shrunken metrics): beside full runs they enter only with ``--include-quick``; sweeps that hold nothing else are
+reported with a note saying so (the user named them). Runs on different data (the real dSprites npz vs
 the generated stand-in, or two MVTec folders) are never pooled silently: a table group with more than one
 ``data_source`` is refused unless ``--allow-mixed-data`` is given, and then the data source becomes part of
 the configuration key, so seeds of different data never share a mean.
@@ -18,6 +19,9 @@ from analysis.store import Sweep
 
 # Seeds of one configuration: the study's config hash, and never pooled across presets or data.
 GROUP = ["config_key", "preset", "data_source"]
+QUICK_ONLY_NOTE = ("**Quick-preset runs only.** Sweep(s) {sweeps} hold nothing but quick-preset (smoke-test) runs, "
+                   "so they are reported: tens of iterations or a few epochs and shrunken metrics, not comparable "
+                   "with published numbers or with full runs.")
 
 
 @dataclass
@@ -26,6 +30,7 @@ class Selection:
     notes: list[str] = field(default_factory=list)  # what was left out and why, one sentence each
     include_quick: bool = False
     allow_mixed_data: bool = False
+    quick_only: bool = False  # the sweeps named hold only quick runs, so they are used without --include-quick
 
 
 def kind_of(runs: pd.DataFrame) -> pd.Series:
@@ -64,16 +69,21 @@ def select(sweeps: list[Sweep], include_quick: bool = False, allow_mixed_data: b
             unfinished = runs[runs["status"] != "FINISHED"]
             notes.append(f"Sweep {sweep.name}: {len(unfinished)} unfinished trial run(s) left out "
                          f"({_counts(unfinished['status'])}).")
-        if not include_quick:
+        used.append(finished)
+    # the user named sweeps that hold nothing but quick runs: report those, saying so, rather than refuse
+    quick_only = not include_quick and all((finished["preset"] == "quick").all() for finished in used)
+    if quick_only:
+        notes.insert(0, QUICK_ONLY_NOTE.format(sweeps=", ".join(s.name for s in sweeps)))
+    elif not include_quick:
+        for i, (sweep, finished) in enumerate(zip(sweeps, used, strict=True)):
             quick = finished["preset"] == "quick"
             if quick.all():
-                raise AnalysisError(f"sweep {sweep.name!r} has only quick-preset runs ({len(finished)} finished); "
-                                    "pass --include-quick to analyse them")
+                raise AnalysisError(f"sweep {sweep.name!r} has only quick-preset runs ({len(finished)} finished) "
+                                    "and other sweeps have full ones; pass --include-quick to mix them")
             if quick.any():
                 notes.append(f"Sweep {sweep.name}: {int(quick.sum())} quick-preset run(s) left out "
                              "(pass --include-quick to include them).")
-            finished = finished[~quick]
-        used.append(finished)
+            used[i] = finished[~quick]
     runs = pd.concat(used, ignore_index=True)
     runs["kind"] = kind_of(runs)
     unknown = runs["kind"] == "unknown"
@@ -83,7 +93,8 @@ def select(sweeps: list[Sweep], include_quick: bool = False, allow_mixed_data: b
     runs["group"] = table_group(runs)
     runs = _drop_repeats(runs, notes)
     _check_data(runs, allow_mixed_data)
-    return Selection(runs=runs, notes=notes, include_quick=include_quick, allow_mixed_data=allow_mixed_data)
+    return Selection(runs=runs, notes=notes, include_quick=include_quick, allow_mixed_data=allow_mixed_data,
+                     quick_only=quick_only)
 
 
 def _drop_repeats(runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:

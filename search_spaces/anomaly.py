@@ -12,10 +12,11 @@ optimise unless ``--metric`` says otherwise).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from search_spaces.common import cartesian, config_hash, expand_grid, labels_of, science_part
+from search_spaces.common import cartesian, check_grid_keys, config_hash, expand_grid, labels_of, science_part
 from vae_attention.config import config_to_dict
 from vae_attention.data import MVTEC_CATEGORIES
 from vae_attention.errors import ConfigError
@@ -36,11 +37,13 @@ class AnomalyStudy:
     seeds: tuple[int, ...] = SEEDS
 
     def trials(self, seeds=None, overrides=None, axes=None, quick=False) -> list[dict[str, Any]]:
-        """Grid trials; ``axes`` replaces whole axes (e.g. ``{"category": ("bottle",)}``)."""
-        grid = {**self.axes, **(axes or {})}
-        if quick and not axes:
-            grid = {name: values[:1] for name, values in grid.items()}  # one category/digit/lr
+        """Grid trials; ``axes`` replaces whole axes (e.g. ``{"category": ("bottle",)}``). ``quick`` shrinks the
+        study's own axes to their first value (one category/digit/lr); the axes given keep all their values."""
+        own = {name: values[:1] for name, values in self.axes.items()} if quick else self.axes
+        grid = {**own, **(axes or {})}
         fixed = {"dataset": self.dataset, **self.fixed, **CADENCE, **(self.quick if quick else {})}
+        # an axis given on the command line wins over a protocol's or the quick preset's value for its key
+        overrides = {k: v for k, v in (overrides or {}).items() if k not in (axes or {})}
         return expand_grid(({**fixed, **point} for point in cartesian(grid)), tuple(seeds or self.seeds), overrides)
 
 
@@ -70,25 +73,28 @@ def get_study(dataset: str) -> AnomalyStudy:
     return STUDIES[dataset]
 
 
-def grid_axes(dataset: str, categories: list[str] | None = None, digits: list[int] | None = None,
-              lrs: list[float] | None = None) -> dict[str, tuple]:
-    """Axes that replace the study's own (``--category``/``--digit``/``--lr``); ``["all"]`` = every category."""
-    axes: dict[str, tuple] = {}
-    if categories:
+def grid_axes(dataset: str, grid: dict[str, tuple]) -> dict[str, tuple]:
+    """Axes that replace the study's own (``--category``/``--digit``/``--lr`` and ``--grid KEY=V1,V2``, any
+    config field); ``category=all`` is the 15 MVTec-AD categories. Other category names are a user's own data
+    in the MVTec layout (``custom_categories``), which the caller checks against its data folder."""
+    check_grid_keys(grid, CONFIG_KEYS, {"seed": "seeds are given with --seeds", "dataset": "choose it with --dataset"})
+    axes = {key: tuple(values) for key, values in grid.items()}
+    if "category" in axes:
         if dataset != "mvtec":
             raise ConfigError("--category applies to --dataset mvtec only")
-        chosen = MVTEC_CATEGORIES if categories == ["all"] else tuple(categories)
-        unknown = sorted(set(chosen) - set(MVTEC_CATEGORIES))
-        if unknown:
-            raise ConfigError(f"unknown MVTec-AD categories {unknown}; choose from {', '.join(MVTEC_CATEGORIES)}")
-        axes["category"] = chosen
-    if digits:
-        if dataset != "mnist":
-            raise ConfigError("--digit applies to --dataset mnist only")
-        axes["digit"] = tuple(digits)
-    if lrs:
-        axes["lr"] = tuple(lrs)
+        if axes["category"] == ("all",):
+            axes["category"] = MVTEC_CATEGORIES
+    if "digit" in axes and dataset != "mnist":
+        raise ConfigError("--digit applies to --dataset mnist only")
     return axes
+
+
+def custom_categories(axes: dict[str, tuple]) -> tuple[str, ...]:
+    """The category names of ``axes`` that are not among MVTec AD's 15 (anomalib's Folder data, in MVTec's layout)."""
+    return tuple(c for c in axes.get("category", ()) if c not in MVTEC_CATEGORIES)
+
+
+CONFIG_KEYS = {f.name for f in dataclasses.fields(AnomalyConfig)}
 
 
 def trial_config(trial: dict[str, Any]) -> AnomalyConfig:
@@ -124,13 +130,13 @@ LR_RANGE = ("loguniform", 1e-5, 1e-2)
 
 
 def optuna_space(trials: list[dict[str, Any]], seeds: tuple[int, ...], fixed_lr: bool):
-    """Optuna searches the learning rate (log-uniform) and the seed for ONE category/digit at a time."""
+    """Optuna searches the learning rate (log-uniform) for ONE category/digit at a time; seeds are replicates."""
     varying = sorted(k for k in trials[0] if k not in ("lr", "seed") and len({str(t[k]) for t in trials}) > 1)
     if varying:
-        raise ConfigError(f"--scheduler optuna searches one configuration at a time, but {varying} vary; "
+        raise ConfigError(f"--search optuna searches one configuration at a time, but {varying} vary; "
                           "pass a single --category/--digit")
     space = {k: v for k, v in trials[0].items() if k != "seed"}
-    space["seed"] = ("choice", list(seeds))
+    space["seed"] = ("replicates", list(seeds))
     if not fixed_lr:
         space["lr"] = LR_RANGE
     corners = [{**trials[0], "lr": space["lr"][end] if not fixed_lr else trials[0]["lr"]} for end in (1, 2)]

@@ -1,4 +1,5 @@
-"""Helpers every study's search space shares: the one grid expander, the config key, Ray's params key."""
+"""Helpers every study's search space shares: the one grid expander, the config key, Ray's params key, the checks of
+``--grid`` keys and the removal of repeated trials."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import itertools
 import json
 from collections.abc import Iterable
 from typing import Any
+
+from vae_attention.errors import ConfigError
 
 # The trial's whole (flat) config sits under this key of Ray's config dict, as one grid_search value.
 PARAMS_KEY = "params"
@@ -58,3 +61,25 @@ def expand_grid(points: Iterable[dict[str, Any]], seeds: tuple[int, ...],
                 seen.add(key)
                 trials.append(trial)
     return trials
+
+
+def check_grid_keys(grid: dict[str, tuple], fields: set[str], chosen_elsewhere: dict[str, str]) -> None:
+    """One-line ConfigError for a ``--grid`` key that is not a field of the study's config, or that another
+    option chooses (``chosen_elsewhere``: key → what to use instead, e.g. ``seed`` → ``--seeds``)."""
+    for key in grid:
+        if key in chosen_elsewhere:
+            raise ConfigError(f"--grid {key}: {chosen_elsewhere[key]}")
+        if key not in fields:
+            raise ConfigError(f"--grid {key}: not a config field of this study; known keys: "
+                              f"{', '.join(sorted(fields))}")
+
+
+def drop_repeats(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Typed trials with repeats removed, in first-seen order (``--grid gamma=10,10.0`` is one value once typed)."""
+    seen, kept = set(), []
+    for trial in trials:
+        key = json.dumps(trial, sort_keys=True, default=list)
+        if key not in seen:
+            seen.add(key)
+            kept.append(trial)
+    return kept

@@ -3,6 +3,8 @@
 Each named study lists arms (a model family with its γ/λ/β grid); seeds are a grid axis of the study.
 ``trials()`` expands a study into flat trial dicts (science config + loop config); the study system turns
 them into one Ray ``grid_search``. This file is the only place Table 1 lives.
+``quick_study`` (``--quick``) and ``with_grid`` (``--grid`` and the ``--gamma``/``--lambda-ad``/``--beta``/``--lr``
+flags) derive a study from a named one.
 ``trial_configs`` parses a flat trial into typed configs (``resolved_params``: every field it ran with;
 ``config_key``: the hash that groups its seeds); ``RANGES``/``optuna_space`` are the Optuna search space and
 ``METRIC_DEFAULTS`` what ASHA and Optuna optimise unless ``--metric`` says otherwise.
@@ -21,7 +23,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from search_spaces.common import cartesian, config_hash, expand_grid, labels_of, science_part
+from search_spaces.common import cartesian, check_grid_keys, config_hash, expand_grid, labels_of, science_part
 from vae_attention.config import config_to_dict
 from vae_attention.errors import ConfigError
 from vae_attention.training.disentangle import DisentangleConfig
@@ -35,7 +37,7 @@ ADLAYER_LAYERS = ("encoder.0", "encoder.2", "encoder.4", "encoder.6")
 # Cadences: a full dlib metric is ~1 M images drawn (~0.5 M encodes, minutes on CPU), so evaluate rarely.
 STUDY_LOOP = dict(iterations=150_000, report_every=500, checkpoint_every=5_000, eval_every=10_000)
 
-# --quick: both model families, one γ, one seed, ~100 iterations, a small metric once at the end.
+# --quick's loop (``quick_study`` shrinks the grid): ~100 iterations, a small metric once at the end.
 QUICK_LOOP = dict(
     iterations=100, report_every=20, checkpoint_every=100, eval_every=100,
     metric_num_train=300, metric_num_eval=200, metric_num_variance=2000,
@@ -72,7 +74,8 @@ class DisentangleStudy:
         """Flat trial configs: every arm config × every point of ``axes`` × every seed, plus ``loop`` and
         ``overrides``; no duplicates."""
         extra = cartesian(self.axes) if self.axes else [{}]
-        points = ({**cfg, **point, **self.loop} for arm in self.arms for cfg in arm.configs() for point in extra)
+        # an axis wins over the loop (``--grid iterations=…``); no study axis is a loop key otherwise
+        points = ({**cfg, **self.loop, **point} for arm in self.arms for cfg in arm.configs() for point in extra)
         # the axes are what the experiment varies: a protocol's (or --set's) value for an axis key does not apply
         overrides = {k: v for k, v in (overrides or {}).items() if k not in self.axes}
         return expand_grid(points, tuple(seeds or self.seeds), overrides)
@@ -108,18 +111,46 @@ STUDIES["all"] = DisentangleStudy(
     "all", "Every study above (identical trials run once)",
     tuple(arm for name in ("exp1", "exp2", "exp3", "lambda_scan", "betavae") for arm in STUDIES[name].arms),
 )
-QUICK = DisentangleStudy(
-    "quick", "Smoke preset: FactorVAE and AD-FactorVAE, γ=40, λ=1, one seed, 100 iterations",
-    (Arm("factorvae", gammas=(40.0,)), _ad((40.0,))), seeds=(1,), loop=dict(QUICK_LOOP),
-)
+# --grid: γ, λ and β are values of the arms that use them; every other field is an axis over all trials
+ARM_VALUES = {"gamma": ("gammas", ("factorvae", "ad_factorvae")), "lambda_ad": ("lambdas", ("ad_factorvae",)),
+              "beta": ("betas", ("betavae",))}
+
+
+def quick_study(study: DisentangleStudy) -> DisentangleStudy:
+    """``--quick`` shrinks the experiment: the same models (arms), each arm's first γ/λ/β value, the first value
+    of each further axis, the first seed, and ``QUICK_LOOP`` (exp1: FactorVAE and AD-FactorVAE at γ=10, λ=1)."""
+    arms = tuple(Arm(a.model, a.gammas[:1], a.lambdas[:1], a.betas[:1]) for a in study.arms)
+    return dataclasses.replace(study, name=f"{study.name}-quick", description=f"{study.description} (--quick)",
+                               arms=arms, seeds=study.seeds[:1], loop=dict(QUICK_LOOP),
+                               axes={k: v[:1] for k, v in study.axes.items()})
+
+
+def with_grid(study: DisentangleStudy, grid: dict[str, tuple]) -> DisentangleStudy:
+    """``study`` with the axes of ``grid`` replaced (values as given; the trials are typed later).
+
+    ``gamma`` replaces the γ values of the FactorVAE and AD-FactorVAE arms, ``lambda_ad`` the λ values of the
+    AD-FactorVAE arms, ``beta`` the β values of the β-VAE arms (one-line ConfigError if the experiment has no
+    such arm); any other config field becomes a grid axis over every trial, replacing the study's own axis of
+    that key. ``seed`` (use ``--seeds``) and ``model`` (use ``--experiment``) are not grid keys.
+    """
+    check_grid_keys(grid, CONFIG_KEYS, {"seed": "seeds are given with --seeds",
+                                        "model": "the models are the experiment's (--experiment)"})
+    arms = list(study.arms)
+    for key, (attribute, models) in ARM_VALUES.items():
+        if key not in grid:
+            continue
+        if not any(arm.model in models for arm in arms):
+            raise ConfigError(f"{key} applies to {' and '.join(models)}, which experiment {study.name} does not "
+                              f"train (its models: {', '.join(dict.fromkeys(a.model for a in arms))})")
+        arms = [dataclasses.replace(a, **{attribute: tuple(grid[key])}) if a.model in models else a for a in arms]
+    axes = {**study.axes, **{k: tuple(v) for k, v in grid.items() if k not in ARM_VALUES}}
+    return dataclasses.replace(study, arms=tuple(arms), axes=axes)
 
 
 def get_study(name: str, quick: bool = False) -> DisentangleStudy:
     if name not in STUDIES:
         raise ConfigError(f"unknown experiment {name!r}; choose one of {', '.join(STUDIES)}")
-    if quick:
-        return dataclasses.replace(QUICK, name=f"{name}-quick")
-    return STUDIES[name]
+    return quick_study(STUDIES[name]) if quick else STUDIES[name]
 
 
 CONFIG_KEYS = {f.name for f in dataclasses.fields(DisentangleConfig)}
@@ -169,14 +200,15 @@ RANGES = {
 
 
 def optuna_space(trials: list[dict[str, Any]], overrides: dict[str, Any], seeds: tuple[int, ...]):
-    """The study's models and seeds as choices, RANGES for what the user did not fix with --set.
+    """The study's models as a choice, RANGES for what the user did not fix with --set; the seeds are replicates
+    (every sampled configuration runs once per seed; ``study.search``), never a searched parameter.
 
     Returns the space and its low and high corners as trials, which are validated like grid trials.
     """
     models = sorted({t["model"] for t in trials})
     first = trials[0]  # typed; carries the loop settings and every --set override
     space: dict[str, Any] = {k: v for k, v in first.items() if k not in ("model", "gamma", "lambda_ad", "beta", "seed")}
-    space.update(model=("choice", models), seed=("choice", list(seeds)))
+    space.update(model=("choice", models), seed=("replicates", list(seeds)))
     applies = {"gamma": True, "lr": True, "lambda_ad": "ad_factorvae" in models, "beta": "betavae" in models}
     for key, spec in RANGES.items():
         if key in overrides:
@@ -187,7 +219,8 @@ def optuna_space(trials: list[dict[str, Any]], overrides: dict[str, Any], seeds:
             space[key] = {"lambda_ad": 0.0, "beta": 1.0}[key]
     corners = []
     for end in (1, 2):
-        corner = {k: (v[end] if isinstance(v, tuple) and v[0] != "choice" else v) for k, v in space.items()}
+        corner = {k: (v[end] if isinstance(v, tuple) and v[0] not in ("choice", "replicates") else v)
+                  for k, v in space.items()}
         corner.update(model=models[-1], seed=seeds[0])
         corners.append(typed_trial(corner))
     return space, corners

@@ -25,9 +25,10 @@ end (layers × epochs_per_layer + vae_epochs), which the progress table and the 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from search_spaces.common import cartesian, config_hash, expand_grid, labels_of, science_part
+from search_spaces.common import cartesian, check_grid_keys, config_hash, expand_grid, labels_of, science_part
 from search_spaces.protocols import label
 from vae_attention.config import config_to_dict
 from vae_attention.errors import ConfigError
@@ -73,6 +74,14 @@ QUICK = dict(sizes=(784, 100, 36), rbm_layer=1, epochs_per_layer=2, vae_epochs=2
              checkpoint_every=2, eval_every=6, max_train_images=2000, max_test_images=400, heldout_images=200,
              num_bins=4096, figure_images=4)
 QUICK_SEEDS = (1,)
+CONFIG_KEYS = {f.name for f in dataclasses.fields(RBMConfig)}
+
+
+def check_grid(grid: dict[str, tuple]) -> None:
+    """One-line ConfigError for a ``--grid`` key that is not an ``RBMConfig`` field, or is ``seed`` or ``epochs``."""
+    check_grid_keys(grid, CONFIG_KEYS, {"seed": "seeds are given with --seeds",
+                                        TOTAL_KEY: "derived (layers × epochs_per_layer + vae_epochs); grid "
+                                                   "epochs_per_layer or vae_epochs instead"})
 
 
 def check_protocol(name: str) -> str:
@@ -87,18 +96,18 @@ def trials(protocol: str = "paper", seeds: tuple[int, ...] | None = None, explic
     """The grid of ``protocol`` × seeds as typed trial dicts (with ``protocol`` and ``epochs``).
 
     Precedence: cadence < protocol bundle < the protocol's grid point < ``--quick`` < ``explicit`` (flags and
-    ``--set``). ``axes`` replaces whole axes (``--digit``, ``--lr``); with ``quick`` and no ``axes`` every axis
-    keeps its first value.
+    ``--set``). ``axes`` replaces whole axes (``--digit``, ``--lr``, ``--grid``) and wins over the protocol and
+    ``--quick`` for its keys; with ``quick`` every axis of the protocol keeps its first value, the given axes all
+    of theirs.
     """
     bundle = RBM_PROTOCOLS[check_protocol(protocol)]
     explicit = dict(explicit or {})
     if TOTAL_KEY in explicit:
         raise ConfigError(f"{TOTAL_KEY} is derived (layers × epochs_per_layer + vae_epochs); set epochs_per_layer "
                           "and vae_epochs instead")
-    grid = {**PROTOCOL_AXES[protocol], **(axes or {})}
-    if quick and not axes:
-        grid = {name: values[:1] for name, values in grid.items()}
-    layered = {**(QUICK if quick else {}), **explicit}
+    own = PROTOCOL_AXES[protocol]
+    grid = {**({name: values[:1] for name, values in own.items()} if quick else own), **(axes or {})}
+    layered = {k: v for k, v in {**(QUICK if quick else {}), **explicit}.items() if k not in (axes or {})}
     points = ({**CADENCE, **bundle, **point, **layered} for point in cartesian(grid))
     chosen = tuple(seeds or (QUICK_SEEDS if quick else SEEDS))
     result = []

@@ -7,6 +7,7 @@ its dry run is ``study.dry_run``.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, get_args
 
 import torch
@@ -16,6 +17,7 @@ from search_spaces.anomaly import (
     METRIC_DEFAULTS,
     STUDIES,
     config_key,
+    custom_categories,
     get_study,
     grid_axes,
     optuna_space,
@@ -23,18 +25,21 @@ from search_spaces.anomaly import (
     trial_config,
     typed_trial,
 )
+from search_spaces.common import drop_repeats
 from study.definition import StudyDefinition
 from study.dry_run import anomaly_dry_run
 from study.launch import StudyHooks
-from study.options import add_common_options, parse_overrides, resolve_data_dir
+from study.options import add_common_options, grid_options, parse_overrides, resolve_data_dir
 from study.plan import SweepPlan, make_plan
 from study.progress import Column
 from trainables.anomaly import anomaly_trainable, data_source_of
+from vae_attention.data import MVTEC_CATEGORIES
 from vae_attention.errors import ConfigError, StudyError
 from vae_attention.training.anomaly import build_datasets, check_model
 from vae_attention.training.anomaly.config import AttentionMode
 
 KIND = "anomaly"
+GRID_FLAGS = {"category": "category", "digit": "digit", "lr": "lr"}  # argparse dest → config key (grid axes)
 COLUMNS = [
     Column("data", "dataset", "param", "{}", 5),
     Column("category", "category", "param", "{}", 10),
@@ -56,7 +61,9 @@ def add_parser(subparsers) -> None:
                     "Pixel AUROC and best IoU (threshold chosen on the test set, as the paper) per epoch step.",
     )
     parser.add_argument("--dataset", choices=list(STUDIES), help="mnist, ucsd or mvtec (default mnist)")
-    parser.add_argument("--category", nargs="+", metavar="NAME", help="MVTec-AD categories, or 'all' (default all)")
+    parser.add_argument("--category", nargs="+", metavar="NAME",
+                        help="MVTec-AD categories, or 'all' (default all); another name is a folder of --data-dir in "
+                             "the MVTec layout (your own data)")
     parser.add_argument("--digit", type=int, nargs="+", metavar="D", help="MNIST inlier digits (default 1 3)")
     parser.add_argument("--lr", type=float, nargs="+", metavar="X", help="learning rates (a grid axis)")
     parser.add_argument("--layer", help="attention layer by module name (default: encoder.2 MNIST, encoder.4 UCSD, "
@@ -84,24 +91,46 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     if data_dir is None:
         raise StudyError(f"--data-dir is required for --dataset {dataset} (see README 'Data' for the layout)")
     overrides["data_dir"] = data_dir
-    axes = grid_axes(dataset, categories=args.category, digits=args.digit, lrs=args.lr)
+    axes = grid_axes(dataset, grid_options(args, GRID_FLAGS, overrides))
+    check_custom_categories(custom_categories(axes), data_dir)
     # study defaults (its grid and fixed values) < protocol < --quick < explicit flags and --set
     layered = protocols.layer_values(protocol, dict(study.quick) if args.quick else {}, overrides)
     trials = study.trials(tuple(args.seeds) if args.seeds else None, layered, axes, quick=bool(args.quick))
     for trial in trials:
         trial.update(typed_trial(trial))  # raises ConfigError for unknown keys and bad values
         trial[protocols.PROTOCOL_KEY] = protocols.label(protocol_name, protocol, trial)
+    trials = drop_repeats(trials)
     for config in {trial_config(t).replace(seed=0, lr=1.0) for t in trials}:
         check_model(config)
-    name = args.name or f"{KIND}-{dataset}" + ("-quick" if args.quick else "")
+    name = args.name or sweep_name(args)
     space = None
-    if args.scheduler == "optuna":
+    if args.search == "optuna":
         space, trials = optuna_space(trials, tuple(args.seeds or study.seeds), fixed_lr="lr" in overrides)
         if dataset == "mnist" and args.metric is None:
             args.metric = "image_auroc"  # MNIST has no masks, so no pixel metrics
     if args.objective == "pareto":
         raise ConfigError("--objective pareto is for the disentangle study (disentanglement vs reconstruction)")
     return make_plan(args, kind=KIND, study=dataset, name=name, trials=trials, space=space)
+
+
+def sweep_name(args: argparse.Namespace) -> str:
+    """``anomaly-<dataset>``, ``-quick`` appended for the preset (a fresh start and ``--resume`` alike)."""
+    return f"{KIND}-{args.dataset or 'mnist'}" + ("-quick" if args.quick else "")
+
+
+def check_custom_categories(names: tuple[str, ...], data_dir: str) -> None:
+    """A category outside MVTec AD's 15 is a user's folder in the MVTec layout: accepted with a one-line note
+    (printed once, here on the driver) if ``<data_dir>/<name>/train/good`` exists, else refused in one line (a
+    typo of a category name lands here too)."""
+    for name in names:
+        folder = Path(data_dir) / name
+        if Path(name).name != name or name in (".", ".."):
+            raise ConfigError(f"--category {name!r}: a category is one folder name inside --data-dir")
+        if not (folder / "train" / "good").is_dir():
+            raise ConfigError(f"unknown MVTec-AD categories [{name!r}]: not one of the 15 "
+                              f"({', '.join(MVTEC_CATEGORIES)}) and no folder {folder}/train/good in the MVTec layout")
+        print(f"note: category {name!r} is not one of MVTec AD's 15; reading {folder} as your own data in the MVTec "
+              "layout (train/good, test/<defect>, ground_truth/<defect>)")
 
 
 def resolve_data_source(plan: SweepPlan) -> str:
@@ -139,7 +168,8 @@ def trial_tags(params: dict) -> dict[str, str]:
 
 DEFINITION = StudyDefinition(
     name=KIND,
-    default_name=f"{KIND}-mnist",
+    sweep_name=sweep_name,
+    naming_options=("dataset", "quick"),
     add_parser=add_parser,
     build_plan=build_plan,
     dry_run=anomaly_dry_run,

@@ -18,11 +18,13 @@ class StudyDefinition:
     flags; ``build_plan(args)`` turns parsed options (defaults applied) into a validated plan without Ray;
     ``dry_run(plan)`` is the text ``--dry-run`` prints; ``resolve_data_source(plan)`` opens the data once on
     the driver and names it (the ``data_source`` tag); ``hooks`` is what the shared sweep machinery calls;
-    ``default_name`` is the sweep ``--resume`` continues without ``--name``.
+    ``sweep_name(args)`` is the sweep's name without ``--name`` (a fresh start and ``--resume`` alike), made of
+    the ``naming_options`` (e.g. ``experiment``, ``quick``), which ``--resume`` therefore accepts.
     """
 
     name: str
-    default_name: str
+    sweep_name: Callable[[argparse.Namespace], str]
+    naming_options: tuple[str, ...]
     add_parser: Callable[[argparse._SubParsersAction], None]
     build_plan: Callable[[argparse.Namespace], SweepPlan]
     dry_run: Callable[[SweepPlan], str]

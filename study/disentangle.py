@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces import protocols
+from search_spaces.common import drop_repeats
 from search_spaces.disentangle import (
     METRIC_DEFAULTS,
     QUICK_LOOP,
@@ -21,19 +22,21 @@ from search_spaces.disentangle import (
     resolved_params,
     trial_configs,
     typed_trial,
+    with_grid,
 )
 from study.definition import StudyDefinition
 from study.dry_run import disentangle_dry_run
 from study.launch import StudyHooks
-from study.options import add_common_options, parse_overrides, resolve_data_dir
+from study.options import add_common_options, grid_options, parse_overrides, resolve_data_dir
 from study.plan import SweepPlan, make_plan
 from study.progress import Column
 from trainables.disentangle import data_source_of, disentangle_trainable
 from vae_attention.data import NPZ_NAME, DSprites
-from vae_attention.errors import StudyError
+from vae_attention.errors import ConfigError, StudyError
 from vae_attention.training.disentangle import check_model
 
 KIND = "disentangle"
+GRID_FLAGS = {"gamma": "gamma", "lambda_ad": "lambda_ad", "beta": "beta", "lr": "lr"}  # argparse dest → config key
 # MLflow param names per the naming contract; the full resolved config is in config.json as well.
 COLUMNS = [
     Column("model", "model", "param", "{}", 12),
@@ -57,6 +60,13 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--experiment", choices=list(STUDIES),
                         help="exp1/exp2/exp3 (Table 1), lambda_scan, betavae, or all (default exp1)")
+    parser.add_argument("--gamma", type=float, nargs="+", metavar="G",
+                        help="γ values of the FactorVAE and AD-FactorVAE arms (replace the experiment's)")
+    parser.add_argument("--lambda-ad", type=float, nargs="+", metavar="L",
+                        help="λ values of the AD-FactorVAE arms (replace the experiment's)")
+    parser.add_argument("--beta", type=float, nargs="+", metavar="B", help="β values of the β-VAE arm")
+    parser.add_argument("--lr", type=float, nargs="+", metavar="X", help="learning rates (a grid axis over every "
+                                                                         "trial)")
     parser.add_argument("--iterations", type=int, help="optimiser iterations per trial (Table 1: 150,000)")
     parser.add_argument("--eval-every", type=int, help="iterations between metric evaluations (default 10,000)")
     parser.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default 5,000)")
@@ -70,7 +80,6 @@ def add_parser(subparsers) -> None:
 def build_plan(args: argparse.Namespace) -> SweepPlan:
     """Resolve and validate everything that can be checked without Ray."""
     experiment = args.experiment or "exp1"
-    study = get_study(experiment, quick=bool(args.quick))
     protocol_name = args.protocol or protocols.DEFAULT_PROTOCOL
     protocol = protocols.bundle(KIND, protocol_name)
     overrides: dict[str, Any] = parse_overrides(args.overrides)
@@ -78,6 +87,9 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
                       ("checkpoint_every", "checkpoint_every")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
+    grid = grid_options(args, GRID_FLAGS, overrides)
+    # --quick shrinks the experiment first, so the axes given on the command line keep all their values
+    study = with_grid(get_study(experiment, quick=bool(args.quick)), grid)
     data_dir = resolve_data_dir(args.data_dir or overrides.get("data_dir"))
     if data_dir is not None:
         overrides["data_dir"] = data_dir
@@ -87,16 +99,25 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     for trial in trials:
         trial.update(typed_trial(trial))  # raises ConfigError for unknown keys and bad values
         trial[protocols.PROTOCOL_KEY] = protocols.label(protocol_name, protocol, trial)
+    trials = drop_repeats(trials)
     for science in {trial_configs(t)[0].replace(seed=0) for t in trials}:
         check_model(science)
-    name = args.name or f"{KIND}-{experiment}" + ("-quick" if args.quick else "")
+    name = args.name or sweep_name(args)
     space = None
-    if args.scheduler == "optuna":
+    if args.search == "optuna":
+        if grid:
+            raise ConfigError(f"grid axes ({', '.join(grid)}) are for a grid; Optuna samples the study's ranges "
+                              "(fix a value with --set)")
         space, trials = optuna_space(trials, overrides, tuple(args.seeds or study.seeds))
     plan = make_plan(args, kind=KIND, study=study.name, name=name, trials=trials, space=space)
     if not (args.quick or args.allow_generated_data or args.dry_run):  # last: every other user error first
         refuse_generated_data(data_dir)
     return plan
+
+
+def sweep_name(args: argparse.Namespace) -> str:
+    """``disentangle-<experiment>``, ``-quick`` appended for the preset (a fresh start and ``--resume`` alike)."""
+    return f"{KIND}-{args.experiment or 'exp1'}" + ("-quick" if args.quick else "")
 
 
 def refuse_generated_data(data_dir: str | None) -> None:
@@ -141,7 +162,8 @@ def trial_tags(params: dict) -> dict[str, str]:
 
 DEFINITION = StudyDefinition(
     name=KIND,
-    default_name=f"{KIND}-exp1",
+    sweep_name=sweep_name,
+    naming_options=("experiment", "quick"),
     add_parser=add_parser,
     build_plan=build_plan,
     dry_run=disentangle_dry_run,

@@ -5,6 +5,7 @@ Nothing here starts Ray or touches MLflow; models are built only to count their 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ from search_spaces import anomaly as anomaly_space
 from search_spaces import disentangle as disentangle_space
 from search_spaces import protocols
 from study.plan import CHECKPOINTS_TO_KEEP, SweepPlan
-from study.search import describe, resolve_metric
+from study.search import describe
 from vae_attention.training.anomaly import build_model
 from vae_attention.training.disentangle import build_models
 
@@ -34,6 +35,12 @@ def trial_table(plan: SweepPlan, keys: list[str], key_of: Callable[[dict], str],
     lines.append(f"resources: {plan.cpus_per_trial:g} CPU, {plan.gpus_per_trial:g} GPU per trial; "
                  f"max concurrent {plan.max_concurrent or 'unlimited'}")
     return lines
+
+
+def varying_keys(plan: SweepPlan, shown: list[str]) -> list[str]:
+    """Trial keys not in ``shown`` whose value differs between trials (grid axes of the experiment or ``--grid``)."""
+    keys = dict.fromkeys(k for t in plan.trials for k in t if k not in shown and k != protocols.PROTOCOL_KEY)
+    return [k for k in keys if len({str(t.get(k)) for t in plan.trials}) > 1]
 
 
 def protocol_lines(plan: SweepPlan) -> list[str]:
@@ -61,6 +68,11 @@ def checkpoint_gigabytes(parameters: int, trials: int) -> float:
 def parameter_count(trial: dict[str, Any]) -> int:
     """Parameters of the VAE and (for FactorVAE models) the discriminator of a trial."""
     config, _ = disentangle_space.trial_configs(trial)
+    return _parameter_count(config.replace(seed=0))  # a seed changes initial values, not shapes
+
+
+@functools.cache
+def _parameter_count(config) -> int:
     return sum(p.numel() for model in build_models(config) if model is not None for p in model.parameters())
 
 
@@ -76,16 +88,15 @@ def metric_images(trial: dict[str, Any]) -> int:
 
 def disentangle_dry_run(plan: SweepPlan) -> str:
     keys = ["model", "gamma", "lambda_ad", "beta", "seed", "iterations", "eval_every", "checkpoint_every"]
-    # columns for the L_AD settings when they vary across trials (e.g. --experiment adlayer)
-    keys[4:4] = [k for k in ("attention_layer", "pairs") if len({str(t.get(k)) for t in plan.trials}) > 1]
-    settings = plan.search
-    metric, mode = resolve_metric(settings, disentangle_space.METRIC_DEFAULTS)
-    if settings.scheduler == "optuna":
+    # columns for further settings when they vary across trials (e.g. --experiment adlayer, --lr, --grid)
+    keys[4:4] = varying_keys(plan, keys)
+    settings, defaults = plan.search, disentangle_space.METRIC_DEFAULTS
+    if settings.algorithm == "optuna":
         return "\n".join([f"sweep {plan.name!r} ({plan.study}, preset {plan.preset})", *protocol_lines(plan),
-                           *describe(settings, metric, mode, plan.space, plan.trials[0]["iterations"], "iteration")])
+                           *describe(settings, defaults, plan.space, plan.trials[0]["iterations"], "iteration")])
     lines = trial_table(plan, keys, disentangle_space.config_key) + protocol_lines(plan)
     if settings.scheduler == "asha":
-        lines += describe(settings, metric, mode, None, plan.trials[0]["iterations"], "iteration")
+        lines += describe(settings, defaults, None, plan.trials[0]["iterations"], "iteration")
     disk = sum(checkpoint_gigabytes(parameter_count(t), 1) for t in plan.trials)
     images = sum(metric_images(t) for t in plan.trials)
     lines.append(f"checkpoint disk ≈ {disk:.2f} GB ({CHECKPOINTS_TO_KEEP} kept per trial) at {plan.storage}")
@@ -95,15 +106,15 @@ def disentangle_dry_run(plan: SweepPlan) -> str:
 
 # -- anomaly localisation --------------------------------------------------------------------------------------
 def anomaly_dry_run(plan: SweepPlan) -> str:
-    settings = plan.search
-    metric, mode = resolve_metric(settings, anomaly_space.METRIC_DEFAULTS)
-    if settings.scheduler == "optuna":
+    settings, defaults = plan.search, anomaly_space.METRIC_DEFAULTS
+    if settings.algorithm == "optuna":
         return "\n".join([f"sweep {plan.name!r} ({plan.study}, preset {plan.preset})", *protocol_lines(plan),
-                           *describe(settings, metric, mode, plan.space, plan.trials[0]["epochs"], "epoch")])
+                           *describe(settings, defaults, plan.space, plan.trials[0]["epochs"], "epoch")])
     keys = ["dataset", "category", "digit", "lr", "epochs", "batch_size", "image_size", "attention", "seed"]
+    keys[-1:-1] = varying_keys(plan, keys)  # e.g. a --grid axis
     lines = trial_table(plan, keys, anomaly_space.config_key, anomaly_space.resolved_params) + protocol_lines(plan)
     if settings.scheduler == "asha":
-        lines += describe(settings, metric, mode, None, plan.trials[0]["epochs"], "epoch")
+        lines += describe(settings, defaults, None, plan.trials[0]["epochs"], "epoch")
     params = sum(sum(p.numel() for p in build_model(anomaly_space.trial_config(t), torch.Generator()).parameters())
                  for t in plan.trials)
     lines.append(f"checkpoint disk ≈ {checkpoint_gigabytes(params, 1):.2f} GB ({CHECKPOINTS_TO_KEEP} kept per "

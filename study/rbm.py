@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from search_spaces import rbm as rbm_space
+from search_spaces.common import drop_repeats
 from study.definition import StudyDefinition
-from study.dry_run import checkpoint_gigabytes, trial_table
+from study.dry_run import checkpoint_gigabytes, trial_table, varying_keys
 from study.launch import StudyHooks
-from study.options import add_common_options, parse_overrides, resolve_data_dir
+from study.options import add_common_options, grid_options, parse_overrides, resolve_data_dir
 from study.plan import CHECKPOINTS_TO_KEEP, SweepPlan, make_plan
 from study.progress import Column
 from trainables.rbm import data_source_of, rbm_trainable
@@ -67,8 +68,9 @@ def add_parser(subparsers) -> None:
 
 def build_plan(args: argparse.Namespace) -> SweepPlan:
     protocol = rbm_space.check_protocol(args.protocol or "paper")
-    if args.scheduler not in (None, "fifo"):
-        raise ConfigError(f"--scheduler {args.scheduler}: the rbm study runs its grid only (fifo); its reports "
+    if args.scheduler not in (None, "fifo") or args.search not in (None, "grid"):
+        flag = f"--search {args.search}" if args.search not in (None, "grid") else f"--scheduler {args.scheduler}"
+        raise ConfigError(f"{flag}: the rbm study runs its grid only (fifo); its reports "
                           "carry CD numbers during the stack and ELBO numbers during the VAE, no common metric")
     overrides: dict[str, Any] = parse_overrides(args.overrides)
     for flag, key in (("epochs_per_layer", "epochs_per_layer"), ("vae_epochs", "vae_epochs"), ("rbm_map", "rbm_map")):
@@ -78,20 +80,23 @@ def build_plan(args: argparse.Namespace) -> SweepPlan:
     if data_dir is None:
         raise StudyError("--data-dir is required for the rbm study (MNIST IDX files; see README 'Data')")
     overrides["data_dir"] = data_dir
-    axes = {}
-    if args.digit:
-        axes["digit"] = tuple(args.digit)
-    if args.lr:
-        axes["lr"] = tuple(args.lr)
-    trials = rbm_space.trials(protocol, tuple(args.seeds) if args.seeds else None, overrides, axes,
-                              quick=bool(args.quick))
-    name = args.name or f"{KIND}-{protocol}" + ("-quick" if args.quick else "")
+    axes = grid_options(args, {"digit": "digit", "lr": "lr"}, overrides)
+    rbm_space.check_grid(axes)
+    trials = drop_repeats(rbm_space.trials(protocol, tuple(args.seeds) if args.seeds else None, overrides, axes,
+                                           quick=bool(args.quick)))
+    name = args.name or sweep_name(args)
     return make_plan(args, kind=KIND, study=protocol, name=name, trials=trials)
+
+
+def sweep_name(args: argparse.Namespace) -> str:
+    """``rbm-<protocol>``, ``-quick`` appended for the preset (a fresh start and ``--resume`` alike)."""
+    return f"{KIND}-{args.protocol or 'paper'}" + ("-quick" if args.quick else "")
 
 
 def dry_run(plan: SweepPlan) -> str:
     keys = ["protocol", "digit", "sizes", "hidden", "k", "lr", "temperature", "rbm_map", "rbm_layer", "epochs",
             "seed"]
+    keys[-1:-1] = varying_keys(plan, keys)  # e.g. a --grid axis
     cell = {"sizes": lambda v: "-".join(map(str, v))}
     lines = trial_table(plan, keys, rbm_space.config_key,
                         lambda t: {k: cell.get(k, lambda v: v)(v) for k, v in rbm_space.resolved_params(t).items()})
@@ -141,7 +146,8 @@ def resolved_params(trial: dict) -> dict:
 
 DEFINITION = StudyDefinition(
     name=KIND,
-    default_name=f"{KIND}-paper",
+    sweep_name=sweep_name,
+    naming_options=("protocol", "quick"),
     add_parser=add_parser,
     build_plan=build_plan,
     dry_run=dry_run,

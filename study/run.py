@@ -7,13 +7,12 @@ The exit code is 0 only if every trial finished.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from study import anomaly, disentangle, rbm
 from study.definition import StudyDefinition
 from study.launch import launch
-from study.options import check_resume_options, resolve_storage, run_command, with_defaults
-from study.plan import load_plan, ray_state_saved, sweep_exists
+from study.options import check_resume_options, exit_process, resolve_storage, run_command, with_defaults
+from study.plan import SweepPlan, load_plan, ray_state_saved, sweep_exists
 from vae_attention.errors import StudyError
 
 STUDIES: dict[str, StudyDefinition] = {d.name: d for d in (disentangle.DEFINITION, anomaly.DEFINITION,
@@ -42,10 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     study = STUDIES[args.handler]
     if args.resume:
-        check_resume_options(args)
-        resolved = with_defaults(args)
-        plan = load_plan(resolve_storage(resolved.storage), args.name or study.default_name)
-        plan.address = args.address
+        plan = resume_plan(study, args)
         # imported here (and below): study.tracking imports mlflow (seconds), which usage errors and dry runs
         # never need
         from study.tracking import discard_orphan_runs, sweep_tags
@@ -54,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
             # stopped before Ray saved any state: no trial has progress to keep, so start the plan afresh
             print(f"sweep {plan.name!r} stopped before Ray saved its state: starting it from the beginning")
             discard_orphan_runs(plan)
-            return launch(plan, study.hooks, resume=False, sweep_tags=sweep_tags(plan))
-        return launch(plan, study.hooks, resume=True, sweep_tags={})
+            return launch(plan, study.hooks, resume=False, sweep_tags=sweep_tags(plan), debug=bool(args.debug))
+        return launch(plan, study.hooks, resume=True, sweep_tags={}, debug=bool(args.debug))
 
     args = with_defaults(args)
     plan = study.build_plan(args)
@@ -69,7 +65,24 @@ def run(args: argparse.Namespace) -> int:
         raise StudyError(f"sweep {plan.name!r} already exists ({taken}); pass --resume to continue it or "
                          "--name to start another")
     plan.data_source = study.resolve_data_source(plan)
-    return launch(plan, study.hooks, resume=False, sweep_tags=sweep_tags(plan))
+    return launch(plan, study.hooks, resume=False, sweep_tags=sweep_tags(plan), debug=bool(args.debug))
+
+
+def resume_plan(study: StudyDefinition, args: argparse.Namespace) -> SweepPlan:
+    """The saved plan of the sweep to resume: ``--name``, else the name a fresh start with the same naming
+    options (``--experiment``, ``--quick``, …) would have used."""
+    check_resume_options(args, study.naming_options)
+    storage = resolve_storage(with_defaults(args).storage)
+    name = args.name or study.sweep_name(args)
+    try:
+        plan = load_plan(storage, name)
+    except StudyError as err:
+        if args.name:
+            raise
+        raise StudyError(f"{err}; {name!r} is the name {study.name} gives these options, pass --name NAME to "
+                         "resume another sweep") from None
+    plan.address = args.address
+    return plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,4 +90,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -57,10 +57,16 @@ def test_quick_runs_are_left_out_unless_asked(store):
     assert both.runs.groupby(["config_key", "preset", "data_source"]).ngroups == 2
 
 
-def test_only_quick_runs_need_include_quick(store, capsys, tmp_path):
-    err = _error(capsys, ["report", "--tracking-uri", store, "--sweep", "only-quick", "--out", str(tmp_path)])
+def test_a_sweep_of_only_quick_runs_is_reported_with_a_note(store, capsys, tmp_path):
+    client = open_store(store)
+    alone = select([load_sweep(client, "only-quick")])  # the user named it: its quick runs are used, said so
+    assert len(alone.runs) == 1 and alone.quick_only and "Quick-preset runs only" in alone.notes[0]
+    # beside a sweep with full runs, mixing quick and full still needs --include-quick
+    err = _error(capsys, ["report", "--tracking-uri", store, "--sweep", "mixed", "--sweep", "only-quick",
+                          "--out", str(tmp_path), "--no-log"])
     assert "only quick-preset runs" in err and "--include-quick" in err
-    assert len(select([load_sweep(open_store(store), "only-quick")], include_quick=True).runs) == 1
+    mixed = select([load_sweep(client, "mixed"), load_sweep(client, "only-quick")], include_quick=True)
+    assert len(mixed.runs) == 4 and not mixed.quick_only
 
 
 def test_mixed_data_sources_are_refused_in_one_line(store, capsys, tmp_path):

@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as F
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import InterpolationMode
 
 from vae_attention.data.image_files import (
     check_image_size,
@@ -53,7 +51,8 @@ AUGMENT_POLICIES = ("small", "seed")
 
 
 class MVTecAD(Dataset):
-    """One MVTec AD category in the official layout (see the module docstring).
+    """One MVTec AD category in the official layout (see the module docstring); ``category`` may also name a
+    folder of one's own data in that layout (not one of ``MVTEC_CATEGORIES``).
 
     ``split="train"``: ``train/good`` images (all label 0). ``split="test"``: every ``test/<defect>`` folder
     in sorted order (``good`` → label 0, any other → label 1); ``include_good=False`` drops ``test/good``
@@ -83,8 +82,11 @@ class MVTecAD(Dataset):
     def __init__(self, root, category: str, split: str = "train", image_size: int = 256, augment: bool = False,
                  include_good: bool = True, generator: torch.Generator | None = None, *, channels: int = 3,
                  normalize: bool = False, augment_policy: str = "small", good_only: bool = False):
-        if category not in MVTEC_CATEGORIES:
-            raise DataError(f"unknown MVTec AD category {category!r}; expected one of: {', '.join(MVTEC_CATEGORIES)}")
+        # any folder in the layout is read (a user's own data, as anomalib's Folder data serves it); the study
+        # notes once on the driver when the name is not one of MVTEC_CATEGORIES
+        if not category or Path(category).name != category or category in (".", ".."):
+            raise DataError(f"MVTec AD category {category!r} is not a folder name (e.g. one of: "
+                            f"{', '.join(MVTEC_CATEGORIES)})")
         self.root = Path(root)
         self.category = category
         self.split = check_split(split)
@@ -107,7 +109,9 @@ class MVTecAD(Dataset):
 
         base = self.root / category
         if not base.is_dir():
-            raise DataError(f"MVTec AD category folder not found: {base} (expected {base}/train/good/*.png)")
+            known = ", ".join(MVTEC_CATEGORIES)
+            typo = "" if category in MVTEC_CATEGORIES else f"; nor is it one of MVTec AD's: {known}"
+            raise DataError(f"MVTec AD category folder not found: {base} (expected {base}/train/good/*.png){typo}")
         # (image path, defect name, mask path or None)
         self.samples: list[tuple[Path, str, Path | None]] = []
         if self.split == "train":
@@ -167,6 +171,11 @@ class MVTecAD(Dataset):
         else:
             mask = mask_tensor(mask_path, self.image_size)
         if self.augment:
+            # imported here: torchvision pulls in torch._dynamo (~2 s of start-up), which importers of the data
+            # package (every sweep driver and trial) need only when they augment MVTec images
+            import torchvision.transforms.v2.functional as F
+            from torchvision.transforms.v2 import InterpolationMode
+
             hflip, vflip, angle = self.draw_augmentation()
             if hflip:
                 image, mask = F.horizontal_flip(image), F.horizontal_flip(mask)
