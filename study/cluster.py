@@ -34,10 +34,13 @@ def running_cluster_address(timeout_s: float = 2.0) -> str | None:
         return None
 
 
-def connect_ray(address: str | None) -> None:
-    """Join ``address``, else the running cluster (e.g. after ``ray up``), else start a local instance."""
+def connect_ray(address: str | None, log_to_driver: bool = False) -> None:
+    """Join ``address``, else the running cluster (e.g. after ``ray up``), else start a local instance.
+
+    ``log_to_driver`` (``--debug``): stream the trials' stdout/stderr to this console, as Ray prints them.
+    """
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    quiet = dict(logging_level=logging.WARNING, log_to_driver=False)
+    quiet = dict(logging_level=logging.WARNING, log_to_driver=log_to_driver)
     address = address or running_cluster_address()
     if address:
         ray.init(address=address, **quiet)

@@ -10,11 +10,12 @@ from typing import Any
 from ray import tune
 
 from search_spaces.common import PARAMS_KEY
+from study import interrupt
 from study.cluster import connect_ray
 from study.plan import CHECKPOINTS_TO_KEEP, SweepPlan, save_plan
 from study.progress import ProgressTable
-from study.search import resolve_metric, tune_setup
-from study.summary import free_space_note, summarise
+from study.search import planned_trials, tune_setup
+from study.summary import free_space_note, print_top_trials, report_interruption, summarise
 from vae_attention.errors import StudyError
 
 
@@ -32,19 +33,23 @@ class StudyHooks:
     metric_defaults: dict  # {"asha": (metric, mode), "optuna": (metric, mode), "pareto": ((m1, m2), (mode1, mode2))}
 
 
-def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict[str, str]) -> int:
-    """Run (or resume) the sweep; returns the exit code: 0 only if every trial finished."""
+def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict[str, str],
+           debug: bool = False) -> int:
+    """Run (or resume) the sweep; returns the exit code: 0 only if every trial finished, 130 after Ctrl-C.
+
+    ``debug`` streams the trials' output (stdout, stderr, warnings) to the console.
+    """
     # imported here: study.tracking imports mlflow (seconds), which a dry run or a usage error never needs
-    from study.sweep_run import finish_sweep_run, start_sweep_run
+    from study.sweep_run import finish_sweep_run, objective, register_best_model, start_sweep_run
     from study.tracking import MLflowTrialLogger
     from study.tracking import sweep_tags as plan_tags
 
     settings = plan.search
-    if settings.scheduler == "optuna":
+    if settings.algorithm == "optuna":
         # Optuna's objective (an evaluation metric) is reported at evaluations only, not in every report;
         # the searcher reads the trial's final result, so Tune's per-report presence check must be off.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    connect_ray(plan.address)
+    connect_ray(plan.address, log_to_driver=debug)
     # before Tune starts: the trial runs nest under it (a resume finds it again; an older sweep gets one now)
     parent_id = start_sweep_run(plan, sweep_tags or plan_tags(plan))
     trainable = tune.with_resources(hooks.trainable, plan.resources)
@@ -57,11 +62,12 @@ def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict
             MLflowTrialLogger(plan.tracking_uri, plan.name, sweep_tags, hooks.trial_tags, hooks.resolved_params,
                               hooks.step_key),
             ProgressTable(hooks.columns, hooks.total_key, hooks.step_key),
+            interrupt.StopAtCheckpoint(),  # one Ctrl-C: stop at the next checkpoints (pickled: resumes keep it)
         ]
-        metric, mode = resolve_metric(settings, hooks.metric_defaults)
         param_space, tune_kwargs = tune_setup(
-            settings, metric, mode, trials=plan.trials, space=plan.space, total=plan.trials[0][hooks.total_key],
-            time_attr=hooks.step_key, max_concurrent=plan.max_concurrent, params_key=PARAMS_KEY)
+            settings, hooks.metric_defaults, trials=plan.trials, space=plan.space,
+            total=plan.trials[0][hooks.total_key], time_attr=hooks.step_key, max_concurrent=plan.max_concurrent,
+            params_key=PARAMS_KEY, study_name=plan.name)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
@@ -79,16 +85,24 @@ def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict
                 verbose=0,
             ),
         )
-    count = settings.num_samples if settings.scheduler == "optuna" else len(plan.trials)
-    print(f"sweep {plan.name!r}: {count} trials ({settings.scheduler}); MLflow: "
+    count = planned_trials(settings, plan.trials, plan.space)
+    print(f"sweep {plan.name!r}: {count} trials ({settings.algorithm}, {settings.scheduler}); MLflow: "
           f"{plan.tracking_uri}; Ray state: {plan.path}")
+    interrupt.reset()
     try:
         results = tuner.fit()
+    except KeyboardInterrupt:  # a further Ctrl-C skipped Ray's last save: it resumes from the one before
+        return report_interruption(count, plan.tracking_uri, plan.name, parent_id, interrupt.resume_command(plan))
     except (OSError, EOFError) as err:  # e.g. a full disk under --storage while Ray saves its state
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise StudyError(f"the sweep stopped: {type(err).__name__}: {reason}{free_space_note(plan.path)}; "
                          f"finished trials and checkpoints are kept under {plan.path}: fix the cause, then "
                          "--resume") from None
-    code = summarise(results, hooks.total_key, hooks.step_key, stopped_early_ok=settings.scheduler == "asha")
+    if interrupt.interrupted():
+        return report_interruption(count, plan.tracking_uri, plan.name, parent_id, interrupt.resume_command(plan))
+    code = summarise(results, hooks.total_key, hooks.step_key, stopped_early_ok=settings.scheduler == "asha",
+                     experiment_path=plan.path)
     finish_sweep_run(plan, parent_id, hooks.metric_defaults, code)
+    print_top_trials(plan.tracking_uri, plan.name, *objective(plan, hooks.metric_defaults))
+    register_best_model(plan.tracking_uri, parent_id, plan.register_model)  # --register NAME; None: no-op
     return code

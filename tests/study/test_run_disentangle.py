@@ -1,6 +1,7 @@
 """`python -m study.run disentangle`: a real quick sweep on Ray + MLflow, dry runs, and bad input."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -28,8 +29,16 @@ def test_quick_sweep_logs_one_finished_run_per_trial(quick_sweep):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 of 2 trials finished" in proc.stdout
     assert "status" in proc.stdout and "TERMINATED" in proc.stdout  # the live table
+    # the one-line header during the sweep, and at the end every trial's MLflow link and the UI command
+    assert re.search(r"^progress: \d running, \d pending, \d done, 0 failed \| elapsed \d:\d\d:\d\d \| ~",
+                     proc.stdout, re.MULTILINE)
+    assert f"start its UI with: mlflow ui --backend-store-uri {quick_sweep['tracking_uri']}" in proc.stdout
     client, runs = _runs(quick_sweep)
     assert len(runs) == 2
+    experiment_id = runs[0].info.experiment_id
+    for run in runs:
+        link = f"run {run.info.run_id}  http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run.info.run_id}"
+        assert sum(link in line and run.info.run_name in line for line in proc.stdout.splitlines()) == 1
     assert len({r.data.tags["trial_id"] for r in runs}) == 2
     # opens on MLflow 3's runs table, not its GenAI overview
     experiment = client.get_experiment_by_name(quick_sweep["name"])
@@ -51,7 +60,8 @@ def test_quick_sweep_logs_one_finished_run_per_trial(quick_sweep):
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.json", "figures", "model"} <= artifacts
         figures = [a.path for a in client.list_artifacts(run.info.run_id, "figures")]
-        assert figures == ["figures/attention_0000020.png"]
+        assert figures == ["figures/attention_0000020.png", "figures/reconstruction_0000020.png",
+                           "figures/traversal_0000020.gif", "figures/traversal_0000020.png"]
         local = client.download_artifacts(run.info.run_id, "model/vae.pt", str(quick_sweep["workdir"]))
         weights = torch.load(local, weights_only=True)
         assert weights["encoder.0.weight"].shape == (32, 1, 4, 4)

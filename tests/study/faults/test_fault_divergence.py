@@ -16,7 +16,7 @@ from vae_attention.errors import ConfigError, TrainingDiverged
 from vae_attention.training.loop import run_loop
 
 
-def test_diverging_trial_fails_with_its_reason_and_the_others_finish(ray_address, tmp_path):
+def test_diverging_trial_fails_with_its_reason_and_the_others_finish(ray_address, mlflow_db, tmp_path):
     """λ = ∞ blows up AD-FactorVAE's loss at its first step; FactorVAE has no L_AD term and is unaffected.
 
     ``--max-failures 0``: a retry would diverge again at the same step (on CPU a trial continues
@@ -30,7 +30,7 @@ def test_diverging_trial_fails_with_its_reason_and_the_others_finish(ray_address
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "1 of 2 trials finished" in proc.stdout
 
-    client, runs = trial_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", name)
+    client, runs = trial_runs(mlflow_db, name)
     by_model = {run.data.params["model"]: run for run in runs}
     assert len(runs) == 2 and by_model.keys() == {"factorvae", "ad_factorvae"}
     failed, finished = by_model["ad_factorvae"], by_model["factorvae"]
@@ -44,7 +44,9 @@ def test_diverging_trial_fails_with_its_reason_and_the_others_finish(ray_address
     assert not list(trial_dir.glob("checkpoint_*"))  # nor checkpointed
 
     failed_lines = [line for line in proc.stdout.splitlines() if line.startswith("FAILED ")]
-    assert failed_lines == [f"FAILED {trial_dir.name}: {reason}"]
+    error_file = trial_dir / "error.txt"  # Ray's traceback of each failure, named on the FAILED line
+    assert failed_lines == [f"FAILED {trial_dir.name}: {reason} (traceback: {error_file})"]
+    assert "TrainingDiverged" in error_file.read_text()
 
     assert finished.info.status == "FINISHED" and "error" not in finished.data.tags
     assert steps(client, finished, "recon_loss") == [5, 10]
