@@ -16,11 +16,11 @@ from typing import Any
 import pyarrow.fs
 
 from study.options import check_resources, resolve_storage, resolve_tracking_uri
-from study.search import SearchSettings
-from vae_attention.errors import StudyError
+from study.search import SearchSettings, check_pairing, optuna_storage_url, replicate_seeds
+from vae_attention.errors import ConfigError, StudyError
 
 SWEEP_FILE = "sweep.json"
-RANGE_KINDS = ("loguniform", "uniform", "choice")  # the first item of a search-space range spec
+RANGE_KINDS = ("loguniform", "uniform", "choice", "replicates")  # the first item of a search-space spec
 CHECKPOINTS_TO_KEEP = 2  # a FactorVAE checkpoint with Adam state is ~66 MB; 50 trials × all would fill a disk
 
 
@@ -37,10 +37,12 @@ class SweepPlan:
     max_concurrent: int
     max_failures: int
     data_source: str
-    trials: list[dict[str, Any]]  # the grid (fifo/asha); for optuna, the corners of the space, for checks
+    trials: list[dict[str, Any]]  # the grid; for optuna, the corners of the space, for checks
     search: SearchSettings = field(default_factory=SearchSettings)  # scheduler or searcher, and its settings
-    space: dict[str, Any] | None = None  # optuna: fixed values and ("loguniform", lo, hi)/("choice", [..])
+    space: dict[str, Any] | None = None  # optuna: fixed values, ("loguniform", lo, hi)/("choice", [..]) ranges
+    # and seed = ("replicates", [..]): every sampled configuration runs once per seed
     address: str | None = None
+    register_model: str | None = None  # --register NAME: the best trial's model is registered under NAME at the end
 
     @property
     def path(self) -> str:
@@ -55,24 +57,36 @@ def make_plan(args, *, kind: str, study: str, name: str, trials: list[dict[str, 
               space: dict[str, Any] | None = None) -> SweepPlan:
     """A plan from parsed options (defaults applied); storage, tracking URI and resources are checked here."""
     check_resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent, args.max_failures)
+    settings = search_settings(args)
+    storage, tracking_uri = resolve_storage(args.storage), resolve_tracking_uri(args.tracking_uri)
+    if settings.algorithm == "optuna":
+        check_pairing(settings, replicate_seeds(space))
+        settings = dataclasses.replace(settings, storage=optuna_storage_url(storage, name, tracking_uri))
     return SweepPlan(
         kind=kind, study=study, name=name, preset="quick" if args.quick else "full",
-        storage=resolve_storage(args.storage), tracking_uri=resolve_tracking_uri(args.tracking_uri),
+        storage=storage, tracking_uri=tracking_uri,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-        data_source="unresolved", trials=trials, search=search_settings(args), space=space,
-        address=args.address,
+        data_source="unresolved", trials=trials, search=settings, space=space,
+        address=args.address, register_model=getattr(args, "register", None),
     )
 
 
 def search_settings(args) -> SearchSettings:
-    """The scheduling options the user gave (``--scheduler``, ``--metric``, …); the rest keep their defaults."""
-    given = {k: getattr(args, a) for k, a in (("scheduler", "scheduler"), ("metric", "metric"), ("mode", "mode"),
+    """The scheduling options the user gave (``--search``, ``--scheduler``, ``--metric``, …); the rest keep their
+    defaults. Optuna's own options without ``--search optuna`` are refused (they would be silently ignored)."""
+    given = {k: getattr(args, a) for k, a in (("algorithm", "search"), ("scheduler", "scheduler"),
+                                              ("metric", "metric"), ("mode", "mode"),
                                               ("grace_period", "grace_period"),
                                               ("reduction_factor", "reduction_factor"),
                                               ("num_samples", "num_samples"), ("objective", "objective"),
                                               ("seed", "search_seed")) if getattr(args, a, None) is not None}
-    return SearchSettings(**given)
+    settings = SearchSettings(**given)  # first: names --search optuna for a --scheduler optuna of old habit
+    optuna_only = [f"--{a.replace('_', '-')}" for a in ("objective", "num_samples", "search_seed")
+                   if getattr(args, a, None) is not None]
+    if optuna_only and settings.algorithm != "optuna":
+        raise ConfigError(f"{', '.join(optuna_only)} {'needs' if len(optuna_only) == 1 else 'need'} --search optuna")
+    return settings
 
 
 def _fs(path: str):
@@ -101,7 +115,7 @@ def load_plan(storage: str, name: str) -> SweepPlan:
     if data.get("space"):  # JSON turned the ("loguniform", lo, hi) range specs into lists
         data["space"] = {k: tuple(v) if isinstance(v, list) and v and v[0] in RANGE_KINDS else v
                          for k, v in data["space"].items()}
-    data["search"] = SearchSettings(**data.get("search", {}))
+    data["search"] = SearchSettings.from_saved(data.get("search", {}))  # older plans: scheduler="optuna"
     return SweepPlan(**data)
 
 
@@ -119,9 +133,20 @@ def sweep_exists(plan: SweepPlan) -> str | None:
     """Why ``plan.name`` is taken (Ray state in storage, or trial runs in MLflow), or None."""
     if ray_state_saved(plan.path):
         return f"{plan.path} holds its Ray state"
+    if optuna_study_exists(plan):
+        return f"{plan.search.storage} holds its Optuna study"
     # imported here: mlflow takes seconds to import, and a dry run or a usage error never needs it
     from study.tracking import has_trial_runs
 
     if has_trial_runs(plan.tracking_uri, plan.name):
         return f"MLflow experiment {plan.name!r} at {plan.tracking_uri} has trial runs"
     return None
+
+
+def optuna_study_exists(plan: SweepPlan) -> bool:
+    """Whether the plan's Optuna database already holds a study of this name (a fresh start would continue it)."""
+    if not plan.search.storage or not Path(plan.search.storage.removeprefix("sqlite:///")).is_file():
+        return False
+    import optuna  # imported here: ~0.5 s, and only an Optuna sweep with an existing database needs it
+
+    return plan.name in optuna.get_all_study_names(plan.search.storage)
