@@ -293,10 +293,10 @@ def exit_process(code: int) -> NoReturn:
     import atexit
     import threading
 
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # what CPython's own exit runs at this point; nothing is left to save after it
+    # CPython's own exit, step by step: threading's exit hooks (which tell idle pool workers to stop) and the
+    # join of non-daemon threads, then the atexit handlers; after these nothing is left to save
+    threading._shutdown()
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -3,7 +3,8 @@
 MLflow's UI folds runs under the run named by their ``mlflow.parentRunId`` tag. One parent per sweep
 (tags ``sweep`` = the sweep name and ``run_kind=sweep``) holds what describes the sweep as a whole: the
 plan's settings as params (study, experiment, protocol, scheduling), the whole plan as ``sweep.json``, the
-command line that started it, and at the end the best trials and the command that writes the report.
+command line that started it, and at the end the best trials and the command that writes the report; with
+``--register NAME`` the best trial's MLflow model becomes a new version of the registered model NAME.
 ``--resume`` finds the parent by its tags and reuses it, so a sweep has one parent however often it stops.
 
 The trial runs are made by ``study.tracking.MLflowTrialLogger``, which finds this run the same way.
@@ -12,16 +13,21 @@ The trial runs are made by ``study.tracking.MLflowTrialLogger``, which finds thi
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import sys
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
 
 from search_spaces.protocols import PROTOCOL_KEY
 from study.search import resolve_metric
 from study.tracking import find_sweep_run, find_trial_runs, get_or_create_experiment
+from study.trial_artifacts import logged_model_ids, register_model
 
 if TYPE_CHECKING:
     from study.plan import SweepPlan
@@ -116,3 +122,40 @@ def finish_sweep_run(plan: SweepPlan, run_id: str, metric_defaults: dict, exit_c
             client.log_metric(run_id, metric, best[0]["value"])  # the sweep's best, in the same column
     client.set_terminated(run_id, "FINISHED" if exit_code == 0 else "FAILED")
     return best
+
+
+def register_best_model(tracking_uri: str, run_id: str, name: str | None):
+    """``--register NAME``: the best trial's MLflow model (first in the sweep run ``run_id``'s ``best_trials.json``)
+    as a new version of the registered model ``name``, tagged with the sweep and the trial's run.
+
+    Returns the ``ModelVersion``, or None when not asked or impossible (no ranked trial, or the best one has no
+    model, e.g. an RBM sweep): a one-line note on stderr then says why; the sweep's exit code is unchanged.
+    """
+    if not name:
+        return None
+    client = MlflowClient(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="best-trials-") as scratch:
+        try:
+            best = json.loads(Path(client.download_artifacts(run_id, "best_trials.json", scratch)).read_text())
+        except Exception:  # not written: the study has no objective to rank trials by
+            best = {"best": []}
+    if not best["best"]:
+        print(f"note: --register {name}: no finished trial was ranked, nothing registered", file=sys.stderr)
+        return None
+    top = best["best"][0]
+    models = logged_model_ids(client, top["run_id"])
+    if not models:
+        print(f"note: --register {name}: the best trial {top['run_name']} has no MLflow model", file=sys.stderr)
+        return None
+    sweep = client.get_run(run_id).data.tags.get("sweep", "")
+    try:
+        version = register_model(tracking_uri, models[-1], name, {"sweep": sweep, "trial_run_id": top["run_id"],
+                                                                   best["metric"]: str(top["value"])})
+    except MlflowException as err:  # e.g. a name the registry refuses, or a store without a registry
+        print(f"note: --register {name}: not registered ({' '.join(str(err).split())[:300]})", file=sys.stderr)
+        return None
+    print(f"registered model {name!r} version {version.version}: trial {top['run_name']} "
+          f"({best['metric']} = {top['value']:.4g}); load it with mlflow.pytorch.load_model('models:/{name}/"
+          f"{version.version}')")
+    return version
+

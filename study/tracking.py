@@ -2,7 +2,7 @@
 
 Everything the driver asks of MLflow lives here: whether a sweep already has trial runs, the cleanup of
 runs a stopped start left behind, the provenance tags of a sweep (git commit, package versions), and the
-Tune callback ``MLflowTrialLogger`` that writes the runs.
+Tune callback ``MLflowTrialLogger`` that writes the runs (figures and models: ``study.trial_artifacts``).
 
 Ray's stock ``MLflowLoggerCallback`` creates a second run when a sweep is restored. Here runs are keyed by
 a ``trial_id`` tag and found again after a restore or a retry; metric steps are optimiser iterations (or
@@ -18,7 +18,6 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-import re
 import subprocess
 import sys
 import time
@@ -37,10 +36,12 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from search_spaces.common import PARAMS_KEY
+from study.trial_artifacts import figure_key, log_trial_model, logged_image_steps, logged_model_ids
+from trainables.export import served_model
 from vae_attention import errors
 from vae_attention.data.dsprites import NPZ_NAME as DSPRITES_NPZ
 from vae_attention.errors import StudyError
-from vae_attention.training.loop import METRICS_FILE, rate_metric
+from vae_attention.training.loop import METRICS_FILE, WEIGHTS_FILE, rate_metric
 
 if TYPE_CHECKING:
     from study.plan import SweepPlan
@@ -167,25 +168,6 @@ def dataset_input(params: dict[str, Any], data_source: str) -> DatasetInput | No
     return DatasetInput(dataset, tags)
 
 
-# -- figures as MLflow images --------------------------------------------------------------------------------
-_STEP_SUFFIX = re.compile(r"_\d+$")
-
-
-def figure_key(png: Path) -> str:
-    """The image key of a figure file: its name without the zero-padded step (``attention_0000100`` → ``attention``)."""
-    return re.sub(r"[^a-zA-Z0-9_\-./ ]", "_", _STEP_SUFFIX.sub("", png.stem))  # log_image refuses other characters
-
-
-def logged_image_steps(client: MlflowClient, run_id: str) -> set[tuple[str, int]]:
-    """(key, step) of the images a run already holds (``log_image`` files are ``images/<key>+step+<n>+…``)."""
-    logged = set()
-    for item in client.list_artifacts(run_id, "images"):
-        parts = Path(item.path).name.split("+")
-        if len(parts) > 2 and parts[1] == "step" and parts[2].isdigit() and not item.path.endswith("compressed.webp"):
-            logged.add((parts[0].replace("~", "/"), int(parts[2])))
-    return logged
-
-
 # -- the Tune callback ---------------------------------------------------------------------------------------
 def _metric_values(result: dict[str, Any], step_key: str) -> dict[str, float]:
     return {
@@ -196,7 +178,7 @@ def _metric_values(result: dict[str, Any], step_key: str) -> dict[str, float]:
 
 
 class MLflowTrialLogger(Callback):
-    """One MLflow run per trial: params once, tags, batched metrics by iteration, figures and weights.
+    """One MLflow run per trial: params once, tags, batched metrics by iteration, figures, weights, MLflow model.
 
     ``sweep_tags`` go on every run (sweep, study, preset, git_commit, versions, …); ``trial_tags(params)``
     adds per-trial tags (config_key); ``resolved_params(params)`` is the full typed config that is logged
@@ -217,6 +199,7 @@ class MLflowTrialLogger(Callback):
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
         self._parent_id: str | None = None  # the sweep's run (made by study.launch before Tune starts)
+        self._kind: str | None = None  # the study (the parent's param ``kind``): which VAE the final weights fit
         self._run_ids: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         self._tagged: dict[str, set[str]] = {}
@@ -224,7 +207,8 @@ class MLflowTrialLogger(Callback):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for key in ("_client", "_experiment_id", "_parent_id", "_run_ids", "_last_step", "_tagged", "_images"):
+        for key in ("_client", "_experiment_id", "_parent_id", "_kind", "_run_ids", "_last_step", "_tagged",
+                    "_images"):
             state.pop(key)
         return state
 
@@ -241,6 +225,7 @@ class MLflowTrialLogger(Callback):
             # still nests the trials it creates from now on
             parent = find_sweep_run(self._client, self._experiment_id, self.experiment_name)
             self._parent_id = parent.info.run_id if parent else None
+            self._kind = parent.data.params.get("kind") if parent else None
         return self._client
 
     def setup(self, **info) -> None:
@@ -307,23 +292,37 @@ class MLflowTrialLogger(Callback):
         run_id = self.run_id(trial)
         with checkpoint.as_directory() as directory:
             directory = Path(directory)
+            step = int(json.loads((directory / METRICS_FILE).read_text()).get(self.step_key, 0))
             figures = directory / "figures"
             if figures.is_dir():
                 for png in sorted(figures.glob("*.png")):
                     self.client.log_artifact(run_id, str(png), "figures")  # what analysis reads
-                    self._log_image(run_id, trial.trial_id, png, directory)
+                    self._log_image(run_id, trial.trial_id, png, step)
                 for gif in sorted(figures.glob("*.gif")):  # animations: artifacts only (an MLflow image is one frame)
                     self.client.log_artifact(run_id, str(gif), "figures")
-            weights = directory / "vae.pt"
+            weights = directory / WEIGHTS_FILE  # only in the final checkpoint
             if weights.is_file():
                 self.client.log_artifact(run_id, str(weights), "model")
+                self._log_model(run_id, trial, weights, step)
 
-    def _log_image(self, run_id: str, trial_id: str, png: Path, checkpoint_dir: Path) -> None:
+    def _log_model(self, run_id: str, trial, weights: Path, step: int) -> None:
+        """The final weights as the run's MLflow model (``study.trial_artifacts``), unless the run has one: a trial
+        resumed or retried after its final checkpoint may report it again. A failure is a tag, not a failed sweep."""
+        if logged_model_ids(self.client, run_id):
+            return
+        try:
+            served = served_model(self._kind, trial.config[PARAMS_KEY], torch.load(weights, weights_only=True))
+            if served is not None:
+                log_trial_model(self.tracking_uri, run_id, served, step)
+        except Exception as err:  # the sweep's results stand without the model; the tag says why it is missing
+            line = " ".join(str(err).split())[:ERROR_TAG_CHARS]
+            self.client.set_tag(run_id, "model_error", f"{type(err).__name__}: {line}")
+
+    def _log_image(self, run_id: str, trial_id: str, png: Path, step: int) -> None:
         """The figure as an MLflow image (key = figure kind, step = the checkpoint's step), once per step.
 
         MLflow's UI shows them in its image slider; a resumed trial may replay a step already logged.
         """
-        step = int(json.loads((checkpoint_dir / METRICS_FILE).read_text()).get(self.step_key, 0))
         key = figure_key(png)
         if trial_id not in self._images:
             self._images[trial_id] = logged_image_steps(self.client, run_id)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from ray import tune
 
+from trainables.resources import ResourceMeter
 from vae_attention.training.loop import Schedule, Trainee, load_checkpoint, run_loop
 
 
@@ -49,16 +50,18 @@ def tune_report(metrics: dict[str, Any], write_checkpoint) -> None:
 def run_trial(trainee: Trainee, schedule: Schedule, context: dict[str, str]) -> None:
     """Restore ``trainee`` from Tune's checkpoint of this trial, if any, then run the shared loop to the end.
 
-    ``context`` (device, data source, …) rides along on every report; the MLflow callback makes it tags.
+    ``context`` (device, data source, …) rides along on every report; the MLflow callback makes it tags. Every
+    report also carries the trial's resource use (``trainables.resources``).
     """
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             load_checkpoint(trainee, Path(directory))
     context = {**context, **node_context()}
+    meter = ResourceMeter(context.get("device", "cpu"))  # peak memory, CPU (and GPU) use: see resources.py
 
     def report(metrics, write):
-        tune_report({**metrics, **context}, write)
+        tune_report({**metrics, **meter.read(), **context}, write)
 
     with tempfile.TemporaryDirectory(prefix="figures-") as scratch:
         run_loop(trainee, schedule, report, Path(scratch))

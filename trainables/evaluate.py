@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from vae_attention.errors import StudyError
+from vae_attention.training.loop import figure_files
 
 
 def _device() -> torch.device:
@@ -67,10 +68,14 @@ STATES = {"anomaly": _anomaly_state, "disentangle": _disentangle_state}
 
 def rescore(kind: str, params: dict[str, Any], weights: dict[str, torch.Tensor], step: int,
             device: torch.device | str = "cpu") -> tuple[dict[str, float], str | None, bytes | None]:
-    """The study's evaluation of ``weights`` under ``params``: (metrics, figure file name, figure PNG bytes)."""
+    """The study's evaluation of ``weights`` under ``params``: (metrics, figure file name, figure PNG bytes).
+
+    The figure is the evaluation's first, its attention figure (a re-score does not return the traversal and
+    reconstruction figures a disentangle evaluation also writes)."""
     state = STATES[kind](params, weights, torch.device(device), step)
     with tempfile.TemporaryDirectory(prefix="rescore-") as scratch:
-        metrics, figure = state.evaluate(Path(scratch))
+        metrics, figures = state.evaluate(Path(scratch))
+        figure = next(iter(figure_files(figures)), None)
         png = Path(figure).read_bytes() if figure is not None and Path(figure).is_file() else None
         name = Path(figure).name if png is not None else None
     return {k: float(v) for k, v in metrics.items()}, name, png

@@ -8,7 +8,7 @@ adapter hands it a temp dir and reports it as a ``tune.Checkpoint``). Checkpoint
 multiples of the report cadence, so a restored run never has a half-filled report window.
 
 A checkpoint directory holds ``state.pt`` (everything to continue bit-identically on CPU),
-``metrics.json``, after evaluations ``figures/*.png``, and in the final one ``vae.pt`` (model weights).
+``metrics.json``, after evaluations ``figures/*`` (PNGs, GIFs), and in the final one ``vae.pt`` (model weights).
 Also here: ``MetricWindow`` (the per-report means every trainee keeps) and ``default_device``.
 """
 
@@ -20,7 +20,7 @@ import os
 import pickle
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +35,7 @@ METRICS_FILE = "metrics.json"
 FIGURES_DIR = "figures"
 
 WriteCheckpoint = Callable[[Path], None]
+Figures = Path | Sequence[Path] | None  # what ``Trainee.evaluate`` wrote: one figure file, several, or none
 Report = Callable[[dict[str, Any], "WriteCheckpoint | None"], None]
 
 
@@ -70,7 +71,8 @@ class Trainee(Protocol):
 
     def pop_window(self) -> dict[str, float]: ...  # metric means since the last report
 
-    def evaluate(self, scratch_dir: Path) -> tuple[dict[str, float], Path | None]: ...  # metrics, figure
+    # metrics and the figure files it wrote into scratch_dir (one path, a list of paths, or None)
+    def evaluate(self, scratch_dir: Path) -> tuple[dict[str, float], Figures]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -153,15 +155,28 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def checkpoint_writer(trainee: Trainee, metrics: dict[str, Any], figure: Path | None, final: bool) -> WriteCheckpoint:
+def figure_files(figures: Figures) -> list[Path]:
+    """``Trainee.evaluate``'s figures as a list of paths (a single path or None are accepted too)."""
+    if figures is None:
+        return []
+    if isinstance(figures, (str, os.PathLike)):
+        return [Path(figures)]
+    return [Path(f) for f in figures]
+
+
+def checkpoint_writer(trainee: Trainee, metrics: dict[str, Any], figures: Figures, final: bool) -> WriteCheckpoint:
+    """Write the checkpoint files; every figure file of the evaluation is moved into ``figures/``."""
+    files = figure_files(figures)
+
     def write(directory: Path) -> None:
         directory = Path(directory)
         _atomic_torch_save(trainee.state_dict(), directory / STATE_FILE)
         if final:  # on CPU, so the artifact loads on any machine
             weights = {k: v.detach().cpu() for k, v in trainee.weights().items()}
             _atomic_torch_save(weights, directory / WEIGHTS_FILE)
-        if figure is not None:
+        if files:
             (directory / FIGURES_DIR).mkdir(exist_ok=True)
+        for figure in files:
             os.replace(figure, directory / FIGURES_DIR / figure.name)
         (directory / METRICS_FILE).write_text(json.dumps({**metrics, "final": final}, sort_keys=True))
 
@@ -188,14 +203,14 @@ def run_loop(trainee: Trainee, schedule: Schedule, report: Report, scratch_dir: 
         metrics[key] = done
         metrics[rate_metric(key)] = units / seconds  # training only: evaluation time is not counted
         seconds, units = 0.0, 0
-        figure = None
+        figures = None
         evaluated = final or done % schedule.eval_every == 0
         if evaluated:
-            extra, figure = trainee.evaluate(Path(scratch_dir))
+            extra, figures = trainee.evaluate(Path(scratch_dir))
             metrics.update(extra)
         write = None
         if evaluated or done % schedule.checkpoint_every == 0:
-            write = checkpoint_writer(trainee, metrics, figure, final)
+            write = checkpoint_writer(trainee, metrics, figures, final)
         report(metrics, write)
 
 

@@ -21,7 +21,7 @@ import torch
 from vae_attention import losses
 from vae_attention.config import check_same_config, config_to_dict
 from vae_attention.training.disentangle.config import DisentangleConfig
-from vae_attention.training.disentangle.step import build_models, build_optimizers, train_step
+from vae_attention.training.disentangle.step import build_models, build_optimizers, train_step_tensors
 from vae_attention.training.loop import MetricWindow, default_device
 
 # The held-out subset is the same for every trial (not drawn from the trial seed) so that
@@ -62,18 +62,19 @@ class DisentangleState:
         # on CUDA the packed images live on the device and batches are unpacked there (no host copy per step)
         return self.dataset.images(picks, device=self.device)
 
-    def step(self) -> dict[str, float]:
-        """One optimiser iteration; the metrics are also added to the report window."""
+    def step(self) -> dict[str, torch.Tensor]:
+        """One optimiser iteration; its metrics (0-d tensors on the device, not read back: no host sync per step)
+        are also summed into the report window, in float64 on the device."""
         batch = self._batch()
         batch2 = self._batch() if self.config.uses_discriminator else None
-        metrics = train_step(self.models, self.optimizers, batch, batch2, self.config, self.generator)
+        metrics = train_step_tensors(self.models, self.optimizers, batch, batch2, self.config, self.generator)
         self.iteration += 1
-        self.window.add(metrics)
+        self.window.add({k: v.double() for k, v in metrics.items()})
         return metrics
 
     def pop_window(self) -> dict[str, float]:
-        """Means of the metrics since the last call (the values a report carries)."""
-        return self.window.pop()
+        """Means of the metrics since the last call (the values a report carries; read from the device here)."""
+        return {k: float(v) for k, v in self.window.pop().items()}
 
     # -- the shared loop's trainee interface ---------------------------------------------------------------
     @property
@@ -83,14 +84,14 @@ class DisentangleState:
     def advance(self) -> None:
         self.step()
 
-    def evaluate(self, scratch_dir: Path) -> tuple[dict[str, float], Path]:
-        """Held-out recon, both FactorVAE metrics and the attention figure (see ``evaluate.py``)."""
+    def evaluate(self, scratch_dir: Path) -> tuple[dict[str, float], list[Path]]:
+        """Held-out recon, both FactorVAE metrics and the figure files written into ``scratch_dir``: attention,
+        latent/attention traversals (PNG grid and GIF) and reconstructions (see ``evaluate.py``)."""
         # imported here: evaluation pulls in matplotlib, which building a state (e.g. on the driver) never needs
-        from vae_attention.training.disentangle.evaluate import attention_figure, evaluate
+        from vae_attention.training.disentangle.evaluate import evaluate, evaluation_figures
 
-        figure = Path(scratch_dir) / f"attention_{self.iteration:07d}.png"
-        attention_figure(self, figure)
-        return evaluate(self), figure
+        figures = evaluation_figures(self, Path(scratch_dir))
+        return evaluate(self), figures
 
     def weights(self) -> dict[str, torch.Tensor]:
         return self.models.vae.state_dict()
