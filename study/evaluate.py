@@ -39,6 +39,7 @@ from study.options import (
     TRACKING_URI_ENV,
     check_resources,
     default_tracking_uri,
+    exit_process,
     resolve_tracking_uri,
     run_command,
 )
@@ -367,4 +368,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

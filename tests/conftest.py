@@ -27,6 +27,7 @@ from helpers.processes import (
     SESSION_ID,
     TINY_SWEEP,
     cli_env,
+    copy_mlflow_store,
     free_port,
     leftover_processes,
     run_cli,
@@ -36,6 +37,7 @@ from helpers.processes import (
 
 # Every process this suite starts, however it is started, inherits the marker (see helpers/processes.py).
 os.environ[MARKER] = SESSION_ID
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # as in cli_env: no posts from the tests' own clients
 LEAK_GRACE_S = 15  # Ray workers notice their head's death within a few seconds
 
 
@@ -52,6 +54,26 @@ def no_process_outlives_the_suite():
         except ProcessLookupError:
             pass
     assert not left, "processes started by the suite are still running:\n" + "\n".join(left)
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory):
+    """An empty MLflow SQLite store with its tables created and migrated, made once per session.
+
+    CLI tests start from a copy (``mlflow_db``, or ``copy_mlflow_store`` for module fixtures) instead of
+    each paying ~3 s for a new store; the ``quick_sweep`` fixture still lets the CLI create its own.
+    """
+    from mlflow import MlflowClient  # imported here: the data-set fixtures do not need it
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()  # creating the store creates and migrates its tables
+    return path
+
+
+@pytest.fixture
+def mlflow_db(mlflow_template, tmp_path):
+    """The URI of ``tmp_path/mlflow.db``, a copy of the migrated empty store, where a CLI run in ``tmp_path`` logs."""
+    return copy_mlflow_store(mlflow_template, tmp_path)
 
 
 @pytest.fixture(scope="session")

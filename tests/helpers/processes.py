@@ -9,8 +9,10 @@ which is how the suite proves that nothing it started outlives it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -41,10 +43,29 @@ def free_port() -> int:
 
 def cli_env() -> dict[str, str]:
     """The environment of every process the tests start: Ray quiet and local, MLflow from flags only."""
+    # MLflow's telemetry would post from each driver and, offline, wait out its timeouts at exit (Ray's usage
+    # stats likewise); neither is what the tests check
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0",
-           MARKER: SESSION_ID}
+           "MLFLOW_DISABLE_TELEMETRY": "true", MARKER: SESSION_ID}
     env.pop("MLFLOW_TRACKING_URI", None)  # a user's URI must not catch the tests' runs
     return env
+
+
+def copy_mlflow_store(template, workdir) -> str:
+    """``workdir/mlflow.db`` as a copy of ``template``, an empty store already created and migrated; its URI.
+
+    A new SQLite store costs each CLI run ~3 s of table creation and schema migrations (alembic); the copy
+    is what the CLI would have made itself in ``workdir``: its Default experiment's artifacts are pointed
+    at ``workdir/mlruns/0``, as MLflow sets them for a store created from there. Tests about a new store
+    let the CLI create it (the ``quick_sweep`` fixture, the MNIST anomaly sweep).
+    """
+    path = Path(workdir) / "mlflow.db"
+    shutil.copyfile(template, path)
+    with sqlite3.connect(path) as db:
+        db.execute("update experiments set artifact_location = ? where experiment_id = 0",
+                   (str(Path(workdir) / "mlruns" / "0"),))
+    db.close()
+    return f"sqlite:///{path}"
 
 
 def spawn(argv, *, cwd=None, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=None) -> subprocess.Popen:

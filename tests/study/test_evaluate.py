@@ -15,7 +15,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from helpers.processes import kill_when, run_cli
+from helpers.processes import copy_mlflow_store, kill_when, run_cli
 from mlflow import MlflowClient
 from mlflow.entities import Param
 
@@ -26,10 +26,10 @@ GRID = ["--grid", "activation=relu,abs", "--grid", "normalize_grads=none,per_ima
 
 
 @pytest.fixture(scope="module")
-def sweep(ray_address, mvtec_root, tmp_path_factory):
+def sweep(ray_address, mvtec_root, mlflow_template, tmp_path_factory):
     root, _ = mvtec_root
     workdir = tmp_path_factory.mktemp("rescore")
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    uri = copy_mlflow_store(mlflow_template, workdir)
     proc = run_cli(["anomaly", "--dataset", "mvtec", "--category", "bottle", "--quick", "--data-dir", root,
                     "--address", ray_address, "--storage", workdir / "rr", "--name", NAME], cwd=workdir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

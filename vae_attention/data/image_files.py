@@ -13,19 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as F
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.v2 import InterpolationMode
 
 from vae_attention.errors import ConfigError, DataError
 
 # Mask files store 0 (normal) / 255 (anomalous); anything above mid-grey counts as anomalous.
 MASK_THRESHOLD = 127
-
-# NEAREST_EXACT samples the source pixel under each output pixel centre (as PIL's NEAREST does), so masks
-# stay aligned with the bilinear (also centre-aligned) image resize; torchvision's plain NEAREST shifts the
-# grid by up to one source pixel when downscaling.
-MASK_INTERPOLATION = InterpolationMode.NEAREST_EXACT
 
 
 def natural_key(name: str) -> list:
@@ -75,6 +68,11 @@ def image_tensor(path: Path, mode: str, image_size: int) -> torch.Tensor:
     Resizing happens in float32 so no second 8-bit rounding is added; the antialiased bilinear kernel has
     non-negative weights, and the clamp only removes float round-off beyond [0, 1].
     """
+    # imported here (and in mask_tensor): torchvision pulls in torch._dynamo (~2 s of start-up), which every
+    # sweep driver and dSprites trial imports through this package but only image loading uses
+    import torchvision.transforms.v2.functional as F
+    from torchvision.transforms.v2 import InterpolationMode
+
     x = F.to_dtype(F.pil_to_tensor(open_image(path, mode)), torch.float32, scale=True)
     if tuple(x.shape[-2:]) != (image_size, image_size):
         x = F.resize(x, [image_size, image_size], interpolation=InterpolationMode.BILINEAR, antialias=True)
@@ -82,8 +80,16 @@ def image_tensor(path: Path, mode: str, image_size: int) -> torch.Tensor:
 
 
 def mask_tensor(path: Path, image_size: int) -> torch.Tensor:
-    """Float (1, S, S) of {0, 1}: the mask file binarised at ``MASK_THRESHOLD`` then nearest-resized."""
+    """Float (1, S, S) of {0, 1}: the mask file binarised at ``MASK_THRESHOLD`` then nearest-resized.
+
+    NEAREST_EXACT samples the source pixel under each output pixel centre (as PIL's NEAREST does), so masks
+    stay aligned with the bilinear (also centre-aligned) image resize; torchvision's plain NEAREST shifts the
+    grid by up to one source pixel when downscaling.
+    """
+    import torchvision.transforms.v2.functional as F  # imported here: see image_tensor
+    from torchvision.transforms.v2 import InterpolationMode
+
     m = (F.pil_to_tensor(open_image(path, "L")) > MASK_THRESHOLD).to(torch.uint8)
     if tuple(m.shape[-2:]) != (image_size, image_size):
-        m = F.resize(m, [image_size, image_size], interpolation=MASK_INTERPOLATION, antialias=False)
+        m = F.resize(m, [image_size, image_size], interpolation=InterpolationMode.NEAREST_EXACT, antialias=False)
     return m.to(torch.float32)

@@ -17,14 +17,17 @@ resize-conv residual decoder); see its docstring.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from vae_attention.errors import ConfigError
 from vae_attention.models.base import VAE, View, seeded_default_init
+
+if TYPE_CHECKING:
+    import torchvision
 
 DEFAULT_RESNET_LAYER = "encoder.layer3.1.conv2"  # 16×16 maps at S = 256
 DECODER_CHANNELS = (512, 256, 128, 64, 32, 16)
@@ -39,6 +42,10 @@ def _check_size(image_size: int) -> int:
 def _trunk(in_channels: int) -> torchvision.models.ResNet:
     """torchvision's ResNet-18 (its own init); a one-channel input gets a fresh 7×7/2 conv1, as the report's
     grayscale MVTec model (``vae_model.py``: ``encoder.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)``)."""
+    # imported here: torchvision pulls in torch._dynamo (~2 s of start-up), which every importer of
+    # vae_attention.models (each sweep driver and trial) would pay for a model only MVTec trials build
+    import torchvision
+
     trunk = torchvision.models.resnet18(weights=None)
     if in_channels != 3:
         trunk.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)

@@ -24,7 +24,7 @@ from fault_tools import (
     steps,
     trial_runs,
 )
-from helpers.processes import TINY_SWEEP, run_cli
+from helpers.processes import TINY_SWEEP, copy_mlflow_store, run_cli
 
 ITERATIONS = 30  # checkpoints at 10, 20, 30: Ray registers two, then the third is being written
 SWEEP = ["disentangle", "--quick", "--iterations", ITERATIONS, *BIG_CHECKPOINTS, "--set", "checkpoint_every=10",
@@ -79,27 +79,27 @@ def _assert_same_results(reference, other, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(ray_address, tmp_path_factory):
+def uninterrupted(ray_address, mlflow_template, tmp_path_factory):
     """The oracle: the sweep run straight through."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
+    uri = copy_mlflow_store(mlflow_template, workdir)
     proc = run_cli(_sweep("straight", workdir / "rr", ray_address), cwd=workdir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
     _assert_sweep_done(uri, "straight")
     return {"uri": uri, "name": "straight", "workdir": workdir}
 
 
-def test_same_config_and_seed_give_identical_results_in_separate_sweeps(uninterrupted, ray_address, tmp_path):
+def test_same_config_and_seed_give_identical_results_in_separate_sweeps(uninterrupted, ray_address, mlflow_db,
+                                                                        tmp_path):
     proc = run_cli(_sweep("straight-again", tmp_path / "rr", ray_address), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _assert_sweep_done(uri, "straight-again")
-    _assert_same_results(_by_config(uninterrupted["uri"], uninterrupted["name"]), _by_config(uri, "straight-again"),
-                         tmp_path)
+    _assert_sweep_done(mlflow_db, "straight-again")
+    _assert_same_results(_by_config(uninterrupted["uri"], uninterrupted["name"]),
+                         _by_config(mlflow_db, "straight-again"), tmp_path)
 
 
 def test_killed_before_and_during_checkpoint_writes_resumes_to_the_same_result(uninterrupted, ray_address,
-                                                                               tmp_path):
+                                                                               mlflow_db, tmp_path):
     """Kill 1: trials are reporting, no checkpoint registered yet. Kill 2: an earlier checkpoint is
     registered and a later one is being copied into storage. Then resume to the end.
 
@@ -109,8 +109,7 @@ def test_killed_before_and_during_checkpoint_writes_resumes_to_the_same_result(u
     """
     name, storage = "killed-twice", tmp_path / "rr"
     experiment = storage / name
-    db = tmp_path / "mlflow.db"
-    uri = f"sqlite:///{db}"
+    db, uri = tmp_path / "mlflow.db", mlflow_db
 
     # Kill 1: right after the trials started reporting, before Ray registered any checkpoint.
     kill_when(_sweep(name, storage, ray_address), tmp_path,
@@ -149,7 +148,7 @@ def test_killed_before_and_during_checkpoint_writes_resumes_to_the_same_result(u
             assert checkpoint_problem(experiment / trial / checkpoint) is None, (trial, checkpoint)
 
 
-def test_killed_before_ray_saved_any_state_resumes_or_restarts_cleanly(ray_address, tmp_path):
+def test_killed_before_ray_saved_any_state_resumes_or_restarts_cleanly(ray_address, mlflow_db, tmp_path):
     """Killed between writing sweep.json and Ray's first experiment state (no trial has run).
 
     Either outcome is sane: `--resume` runs the sweep (nothing was lost), or it says in one line that
@@ -171,7 +170,7 @@ def test_killed_before_ray_saved_any_state_resumes_or_restarts_cleanly(ray_addre
         assert "Traceback" not in resumed.stdout + resumed.stderr
         started = run_cli(one_trial, cwd=tmp_path, timeout=300)
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
-    client, runs = trial_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", name)
+    client, runs = trial_runs(mlflow_db, name)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert steps(client, runs[0], "recon_loss") == [5, 10]
     assert Path(experiment / "sweep.json").is_file()

@@ -47,7 +47,7 @@ def _ends_in_a_traceback(stderr: str) -> bool:
 # A corrupted checkpoint
 # ------------------------------------------------------------------------------------------------------
 
-def test_corrupted_checkpoint_fails_its_trial_in_one_line_and_the_others_finish(ray_address, tmp_path):
+def test_corrupted_checkpoint_fails_its_trial_in_one_line_and_the_others_finish(ray_address, mlflow_db, tmp_path):
     name, storage, iterations = "corrupt", tmp_path / "rr", 40  # 20 → 40: time to kill after a registration
     experiment = storage / name
     args = ["disentangle", "--quick", "--iterations", iterations, *TINY_SWEEP, "--set", f"eval_every={iterations}",
@@ -63,7 +63,7 @@ def test_corrupted_checkpoint_fails_its_trial_in_one_line_and_the_others_finish(
     assert checkpoint_problem(state.parent) is None
     state.write_bytes(b"\x00garbage, not a torch archive\n" * 1000)
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db
     client, interrupted = trial_runs(uri, name)
     logged_before = {r.data.tags["trial_id"]: steps(client, r, "recon_loss") for r in interrupted}
 
@@ -150,7 +150,7 @@ def test_read_only_storage_fails_in_one_line_before_ray_starts(dsprites_npz, tmp
 # A full disk
 # ------------------------------------------------------------------------------------------------------
 
-def test_full_disk_fails_the_trial_in_one_line_and_keeps_earlier_results(ray_address, tmp_path):
+def test_full_disk_fails_the_trial_in_one_line_and_keeps_earlier_results(ray_address, mlflow_db, tmp_path):
     """Storage on a 10 MB tmpfs: the first checkpoint (~6 MB) fits, the second does not.
 
     Where this container may not mount, the second checkpoint's folder is taken by a regular file
@@ -189,7 +189,7 @@ def test_full_disk_fails_the_trial_in_one_line_and_keeps_earlier_results(ray_add
         assert reasons and all(cause.search(line) for line in reasons), out[-2000:] + err[-2000:]
 
         # Earlier results are intact: the reports before the failure in MLflow, the first checkpoint on disk
-        client, runs = trial_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", name)
+        client, runs = trial_runs(mlflow_db, name)
         assert len(runs) == 1 and runs[0].info.status == "FAILED"
         assert cause.search(runs[0].data.tags["error"]) and "\n" not in runs[0].data.tags["error"]
         assert steps(client, runs[0], "recon_loss")[:2] == [5, 10]

@@ -11,7 +11,7 @@ from helpers.processes import TINY_SWEEP, stop_group
 ITERATIONS = 60  # room after the first synced checkpoint (iteration 20) to kill the worker mid-run
 
 
-def test_killed_worker_is_retried_from_its_last_checkpoint(ray_address, tmp_path):
+def test_killed_worker_is_retried_from_its_last_checkpoint(ray_address, mlflow_db, tmp_path):
     name, storage = "worker-kill", tmp_path / "rr"
     experiment = storage / name
     args = ["disentangle", "--quick", "--iterations", ITERATIONS, *TINY_SWEEP, "--set", f"eval_every={ITERATIONS}",
@@ -50,7 +50,7 @@ def test_killed_worker_is_retried_from_its_last_checkpoint(ray_address, tmp_path
     assert first_retry["iteration"] == last_checkpoint + 5, (first_retry["iteration"], last_checkpoint)
     assert last_checkpoint >= seen_checkpoint >= 10
 
-    client, runs = trial_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", name)
+    client, runs = trial_runs(mlflow_db, name)
     assert len(runs) == 2  # the retry logged into the trial's run, no second one
     for run in runs:
         assert run.info.status == "FINISHED", run.data.tags.get("error")
