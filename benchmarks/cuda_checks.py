@@ -115,7 +115,7 @@ def _short_run(config: DisentangleConfig, dataset: DSprites, device: str, steps:
     metric = factor_vae_metric(state.representation, dataset, np.random.default_rng(0), batch_size=8,
                                num_train=100, num_eval=50, num_variance_estimate=300, prune_threshold=0.0)
     tail = history[steps // 2:]  # the second half: past the first updates, where the two runs start together
-    means = {key: float(np.mean([h[key] for h in tail])) for key in ("recon_loss", "kld", "ad_loss")}
+    means = {key: float(np.mean([float(h[key]) for h in tail])) for key in ("recon_loss", "kld", "ad_loss")}
     return means, float(metric["eval_accuracy"])
 
 

@@ -63,8 +63,10 @@ def worker(args) -> None:
     sys.stdin.readline()
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < args.seconds:
-        state.step()  # returns floats: on CUDA each step ends synchronised
+        state.step()  # metrics stay on the device: CUDA kernels may still be queued here
         steps += 1
+    if torch.device(args.device).type == "cuda":
+        torch.cuda.synchronize()  # so the seconds below cover every counted step's work
     print(json.dumps({"model": args.model, "iterations": steps, "seconds": time.perf_counter() - start}), flush=True)
 
 

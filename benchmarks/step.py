@@ -13,7 +13,8 @@ Rows: FactorVAE, AD-FactorVAE with 10 maps (``consecutive_dims``) and with a ran
 prints it/s (ours and the textbook timed in 5 alternating blocks after warm-up, median block), FLOPs per step
 (torch's FLOP counter: matmuls and convs of forward, backward and double backward), the achieved GFLOP/s, and
 its fraction of the fp32 GEMM rate measured in the same run on the same threads; then ours/textbook.
-``--variants`` (default on CUDA) adds the project's step with ``grad_method`` loop/batched and bf16.
+``--variants`` (default on CUDA) adds the project's step with ``grad_method`` loop/batched, bf16 and
+``compile="default"`` (``"reduce-overhead"`` too on CUDA; the first steps, untimed, include the compile).
 
 Set ``OMP_WAIT_POLICY=PASSIVE`` on a shared machine: spinning OpenMP threads that wait on descheduled peers
 make a 2-thread step several times slower, on both sides alike but not equally. It must be set before Python
@@ -82,7 +83,9 @@ def variants(device: str) -> list[tuple[str, dict]]:
     """Project-side options timed with ``--variants``: those the config knows (others are skipped)."""
     fields = {f.name for f in dataclasses.fields(DisentangleConfig)}
     options = [("grad loop", dict(grad_method="loop")), ("grad batched", dict(grad_method="batched")),
-               ("bf16", dict(precision="bf16"))]
+               ("bf16", dict(precision="bf16")), ("compiled", dict(compile="default"))]
+    if device == "cuda":  # CUDA graphs of the compiled parts; on CPU the mode is the same as "default"
+        options.append(("compiled reduce-overhead", dict(compile="reduce-overhead")))
     return [(name, opts) for name, opts in options if set(opts) <= fields]
 
 

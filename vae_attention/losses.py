@@ -75,9 +75,11 @@ def is_zero_map(maps: torch.Tensor) -> torch.Tensor:
     return maps.detach().flatten(-2).amax(dim=-1) <= 0
 
 
-def zero_map_fraction(maps: torch.Tensor) -> float:
-    """Fraction of maps in ``maps`` (…, H, W) that are all zero; logged next to L_AD."""
-    return float(is_zero_map(maps).float().mean())
+def zero_map_fraction(maps: torch.Tensor, as_tensor: bool = False) -> float | torch.Tensor:
+    """Fraction of maps in ``maps`` (…, H, W) that are all zero; logged next to L_AD. ``as_tensor``: a 0-d
+    tensor on the maps' device (no host sync: the training step reads it only at report time)."""
+    fraction = is_zero_map(maps).float().mean()
+    return fraction if as_tensor else float(fraction)
 
 
 def map_overlap(a1: torch.Tensor, a2: torch.Tensor, eps: float = AD_EPS) -> torch.Tensor:
@@ -129,8 +131,7 @@ def attention_disentanglement(
     only those).
     Pairs whose two maps are both all-zero are dropped (0/0); if every pair is dropped the loss is 0.
     """
-    a1, a2 = ad_map_pairs(maps, pairs, generator)
-    return _mean_overlap(maps, a1, a2)
+    return attention_disentanglement_with_stats(maps, pairs, generator, as_tensors=True)[0]
 
 
 def ad_map_pairs(
@@ -169,37 +170,67 @@ def ad_map_pairs(
 
 
 def _mean_overlap(maps: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
-    """Mean ``map_overlap`` over the pairs that are not both all-zero; 0 (graph kept) if none is left."""
+    """Mean ``map_overlap`` over the pairs that are not both all-zero; 0 (graph kept) if none is left.
+
+    Written without a data-dependent branch (the kept pairs' sum over their count, at least 1), so a CUDA step
+    never waits for the device to decide. A dropped pair's overlap is 0/ε = 0 with a zero gradient, so masking
+    it out equals leaving it out.
+    """
     keep = ~(is_zero_map(a1) & is_zero_map(a2))
-    if not bool(keep.any()):
-        return maps.sum() * 0.0  # keeps the graph connected for callers that backpropagate unconditionally
-    return map_overlap(a1, a2)[keep].mean()
+    return torch.where(keep, map_overlap(a1, a2), 0.0).sum() / keep.sum().clamp(min=1)
 
 
-def ad_pair_fractions(a1: torch.Tensor, a2: torch.Tensor) -> dict[str, float]:
+def ad_pair_fractions(a1: torch.Tensor, a2: torch.Tensor, as_tensors: bool = False) -> dict[str, float]:
     """How many of the pairs (from ``ad_map_pairs``) carry no signal, logged next to ``zero_map_fraction``.
 
     - ``dropped_pair_fraction``: both maps all-zero (0/0): the pair is left out of L_AD's mean.
     - ``zero_score_pair_fraction``: exactly one map all-zero: the pair is kept and scores exactly 0, so L_AD
       can fall by silencing maps (a ReLU map of an all-negative CAM) rather than by separating them.
     - ``num_pairs``: the number of pairs, P per image times the images (B − 1 for ``consecutive_images``).
+
+    ``as_tensors``: the two fractions as float64 0-d tensors on the maps' device (the same numbers, no host sync).
     """
-    z1, z2 = is_zero_map(a1), is_zero_map(a2)
+    return _fractions(is_zero_map(a1), is_zero_map(a2), as_tensors)
+
+
+def _fractions(z1: torch.Tensor, z2: torch.Tensor, as_tensors: bool) -> dict:
+    """``ad_pair_fractions`` from the two sides' all-zero flags."""
     num = z1.numel()
     if num == 0:
         return {"dropped_pair_fraction": float("nan"), "zero_score_pair_fraction": float("nan"), "num_pairs": 0}
-    return {
-        "dropped_pair_fraction": float((z1 & z2).sum()) / num,
-        "zero_score_pair_fraction": float((z1 ^ z2).sum()) / num,
-        "num_pairs": num,
-    }
+    dropped = (z1 & z2).sum(dtype=torch.float64) / num
+    one_zero = (z1 ^ z2).sum(dtype=torch.float64) / num
+    if not as_tensors:
+        dropped, one_zero = float(dropped), float(one_zero)
+    return {"dropped_pair_fraction": dropped, "zero_score_pair_fraction": one_zero, "num_pairs": num}
 
 
 def attention_disentanglement_with_stats(
     maps: torch.Tensor,
     pairs: PairPolicy = "consecutive_dims",
     generator: torch.Generator | None = None,
+    as_tensors: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(L_AD, ``ad_pair_fractions``) from one choice of pairs (one draw from ``generator`` for ``random_pair``)."""
+    if pairs == "all_pairs" and maps.dim() == 4 and maps.shape[1] > 2:  # n = 2: one pair, as consecutive_dims
+        return _all_pairs_overlap(maps, as_tensors)
     a1, a2 = ad_map_pairs(maps, pairs, generator)
-    return _mean_overlap(maps, a1, a2), ad_pair_fractions(a1, a2)
+    return _mean_overlap(maps, a1, a2), ad_pair_fractions(a1, a2, as_tensors)
+
+
+def _all_pairs_overlap(maps: torch.Tensor, as_tensors: bool) -> tuple[torch.Tensor, dict]:
+    """``all_pairs`` without gathering the n(n−1)/2 pair copies of the maps (2 × 47 MB at n = 10, B = 64, 64×64,
+    plus their sum and the gathers' scatter backward): Σ(A^i + A^j) = S_i + S_j from the per-map sums S, the
+    all-zero test per map, and Σmin(A^i, A^j) from broadcast views, row i against maps i+1…n−1 (the
+    ``triu_indices`` order of ``ad_map_pairs``). The same quantity as the gathered form; the denominators are
+    summed in another order (float32 rounding, relative ~1e-7)."""
+    first, second = torch.triu_indices(maps.shape[1], maps.shape[1], offset=1, device=maps.device)
+    inter = torch.cat([torch.minimum(maps[:, i:i + 1], maps[:, i + 1:]).flatten(-2).sum(dim=-1)
+                       for i in range(maps.shape[1] - 1)], dim=1)
+    totals = maps.flatten(-2).sum(dim=-1)
+    overlap = 2.0 * inter / (totals[:, first] + totals[:, second] + AD_EPS)
+    zero = is_zero_map(maps)
+    z1, z2 = zero[:, first], zero[:, second]
+    keep = ~(z1 & z2)
+    loss = torch.where(keep, overlap, 0.0).sum() / keep.sum().clamp(min=1)
+    return loss, _fractions(z1, z2, as_tensors)

@@ -30,7 +30,9 @@ ITERATIONS = 30  # checkpoints at 10, 20, 30: Ray registers two, then the third 
 SWEEP = ["disentangle", "--quick", "--iterations", ITERATIONS, *BIG_CHECKPOINTS, "--set", "checkpoint_every=10",
          "--set", f"eval_every={ITERATIONS}"]
 REPORTS = list(range(5, ITERATIONS + 1, 5))
-TIMING_METRICS = {"iterations_per_s", "metric_seconds"}  # wall-clock: the only metrics allowed to differ
+# wall-clock and process resources: the only metrics allowed to differ between two runs of one trial
+TIMING_METRICS = {"iterations_per_s", "metric_seconds", "peak_rss_mib", "cpu_percent", "gpu_peak_memory_mib",
+                  "gpu_utilization_percent"}
 
 
 def _sweep(name, storage, ray_address):

@@ -83,7 +83,8 @@ def test_corrupted_checkpoint_fails_its_trial_in_one_line_and_the_others_finish(
         assert history[: len(logged_before[run.data.tags["trial_id"]])] == logged_before[run.data.tags["trial_id"]]
         if run.data.params["model"] == "ad_factorvae":
             assert run.info.status == "FAILED"
-            assert run.data.tags["error"] == failed_lines[0].split(": ", 1)[1]
+            reason, _, where = failed_lines[0].split(": ", 1)[1].partition(" (traceback: ")
+            assert run.data.tags["error"] == reason and where == f"{experiment / trial / 'error.txt'})"
         else:  # untouched by the other trial's failure: finished, every report and the final evaluation
             assert run.info.status == "FINISHED" and "error" not in run.data.tags
             assert history == list(range(5, iterations + 1, 5))

@@ -45,6 +45,7 @@ LoopOrder = Literal["sequential", "deferred"]
 AdGradient = Literal["differentiable", "detached"]
 AdScore = Literal["per_dim", "sum"]
 Precision = Literal["fp32", "bf16"]  # checked by check_choices like every Literal field
+CompileMode = Literal["off", "default", "reduce-overhead"]  # torch.compile modes (see step.compile_models)
 
 MODELS = get_args(ModelName)
 
@@ -75,6 +76,9 @@ class DisentangleConfig:
     grad_method: GradMethod = "auto"
     # bf16 autocast of the VAE's forward (losses, discriminator and Adam stay fp32); off until measured faster
     precision: Precision = "fp32"
+    # torch.compile (inductor) of the parts of the step that are differentiated once; off: compiling costs
+    # tens of seconds per process and has not been measured faster on CPU (see step.compile_models)
+    compile: CompileMode = "off"
     eval_size: int = 5000  # fixed held-out images for eval_recon_loss, excluded from training batches
     data_dir: str | None = None
     seed: int = 0

@@ -55,18 +55,48 @@ def build_vae(config: DisentangleConfig, generator: torch.Generator | None = Non
 
 
 def build_models(config: DisentangleConfig, device: torch.device | str = "cpu") -> Models:
-    """Models initialised N(0, 0.02) from the config's seed (on CPU, so every device starts identically)."""
+    """Models initialised N(0, 0.02) from the config's seed (on CPU, so every device starts identically),
+    compiled as ``config.compile`` says (``compile_models``)."""
     init = torch.Generator().manual_seed(config.seed)
     vae = build_vae(config, generator=init).to(device)
     disc = None
     if config.uses_discriminator:
         disc = Discriminator(config.z_dim, config.d_hidden_units, config.d_hidden_layers, generator=init).to(device)
-    return Models(vae, disc)
+    models = Models(vae, disc)
+    compile_models(models, config)
+    return models
 
 
 def check_model(config: DisentangleConfig) -> None:
     """Fail early (ConfigError) when the attention layer is not a (B, K, h, w) layer of the configured VAE."""
     check_layer(build_vae(config), config.attention_layer, torch.zeros(1, 1, 64, 64))
+
+
+def compile_models(models: Models, config: DisentangleConfig, backend: str = "inductor") -> list[str]:
+    """``torch.compile`` in place (``nn.Module.compile``: parameter names and checkpoints unchanged) the modules
+    of the step that are differentiated only once, under ``config.compile``; returns their names.
+
+    Compiled: the decoder and the discriminator; the encoder too for FactorVAE and β-VAE. Not for AD-FactorVAE:
+    a differentiable L_AD backpropagates through the encoder's own backward (a double backward), which
+    torch.compile does not support, and its maps hook the encoder's layer at every step. The reparameterisation
+    (a draw from the run's generator) and the losses stay eager. ``mode="reduce-overhead"`` adds CUDA graphs to
+    the compiled parts on CUDA (no whole-step graph capture is implemented). ``backend`` (e.g. ``"aot_eager"``
+    in tests, where inductor's compile time would dominate) takes no mode.
+    """
+    if config.compile == "off":
+        return []
+    # The VAE backward keeps its graph for D's loss (retain_graph), which AOTAutograd's donated buffers (a
+    # memory-only optimisation that frees saved tensors during the first backward) forbid; process-wide switch.
+    torch._functorch.config.donated_buffer = False
+    vae, disc = models
+    parts = {"vae.decoder": vae.decoder}
+    if config.model != "ad_factorvae":
+        parts["vae.encoder"] = vae.encoder
+    if disc is not None:
+        parts["discriminator"] = disc
+    for module in parts.values():
+        module.compile(backend=backend, mode=config.compile if backend == "inductor" else None)
+    return list(parts)
 
 
 def build_optimizers(config: DisentangleConfig, models: Models, fused: bool | None = None) -> Optimizers:
@@ -149,6 +179,23 @@ def train_step(
 
     ``sequential``: gradients, then both optimisers step. ``deferred``: the optimisers first step on the previous
     call's gradients, and this call's gradients stay in ``.grad`` for the next call (see the module docstring).
+    Reading the floats waits for the device; ``train_step_tensors`` is the same update without that wait.
+    """
+    metrics = train_step_tensors(models, optimizers, batch, batch2, config, generator)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def train_step_tensors(
+    models: Models,
+    optimizers: Optimizers,
+    batch: torch.Tensor,
+    batch2: torch.Tensor | None,
+    config: DisentangleConfig,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """``train_step`` with the metrics as detached 0-d tensors on the device: the step itself never reads a
+    value back to the host (``DisentangleState`` sums them on the device and reads them at report time), except
+    for ``pairs="random_pair"``/``top2`` dims, which are drawn or ranked on the device and then index the maps.
     """
     vae, disc = models
     deferred = config.loop_order == "deferred"
@@ -163,7 +210,7 @@ def train_step(
         out = type(out)(*(t.float() for t in out))
     recon = losses.bernoulli_recon_loss(out.recon_logits, batch)
     kld = losses.gaussian_kl(out.mu, out.logvar)
-    metrics: dict[str, torch.Tensor | float] = {"recon_loss": recon, "kld": kld}
+    metrics: dict[str, torch.Tensor] = {"recon_loss": recon, "kld": kld}
 
     if config.model == "betavae":
         vae_loss = losses.beta_vae_loss(recon, kld, config.beta)
@@ -177,31 +224,30 @@ def train_step(
             maps = ad_maps_from_activation(out.mu, captured.tensor, config, generator, size=tuple(batch.shape[-2:]),
                                            score=config.ad_map_score,
                                            create_graph=config.ad_gradient == "differentiable")
-            ad, pair_stats = losses.attention_disentanglement_with_stats(maps, config.pairs, generator)
+            ad, pair_stats = losses.attention_disentanglement_with_stats(maps, config.pairs, generator,
+                                                                         as_tensors=True)
             vae_loss = vae_loss + config.lambda_ad * ad
             metrics["ad_loss"] = ad
-            metrics["zero_map_fraction"] = losses.zero_map_fraction(maps)
+            metrics["zero_map_fraction"] = losses.zero_map_fraction(maps, as_tensor=True)
             metrics["dropped_pair_fraction"] = pair_stats["dropped_pair_fraction"]
             metrics["zero_score_pair_fraction"] = pair_stats["zero_score_pair_fraction"]
     metrics["vae_loss"] = vae_loss
 
     optimizers.vae.zero_grad(set_to_none=True)
-    # deferred: D's loss below backpropagates through this loss's D(z) graph too
-    torch.autograd.backward(vae_loss, inputs=list(vae.parameters()), retain_graph=deferred and disc is not None)
+    # D's loss below reuses this loss's D(z) (kept graph): sequential restricts its backward to D's parameters,
+    # which gives D exactly the gradient of a second D(z.detach()) forward, one discriminator forward cheaper
+    torch.autograd.backward(vae_loss, inputs=list(vae.parameters()), retain_graph=disc is not None)
 
     if disc is not None:
         with torch.no_grad():
             mu2, logvar2 = vae.encode(batch2)
             z_perm = losses.permute_dims(reparameterize(mu2, logvar2, generator), generator)
-        if not deferred:
-            d_joint = disc(out.z.detach())
         d_perm = disc(z_perm)
         d_loss = losses.discriminator_loss(d_joint, d_perm)
         optimizers.discriminator.zero_grad(set_to_none=True)
-        if deferred:  # the report's D_tc_loss.backward(): ∂L_D/∂θ_encoder accumulates onto the VAE's gradient
-            torch.autograd.backward(d_loss, inputs=list(disc.parameters()) + list(vae.parameters()))
-        else:
-            d_loss.backward()
+        # deferred = the report's D_tc_loss.backward(): ∂L_D/∂θ_encoder accumulates onto the VAE's gradient
+        inputs = list(disc.parameters()) + (list(vae.parameters()) if deferred else [])
+        torch.autograd.backward(d_loss, inputs=inputs)
         metrics["d_loss"] = d_loss
         metrics["d_accuracy"] = losses.discriminator_accuracy(d_joint.detach(), d_perm.detach())
 
@@ -209,4 +255,4 @@ def train_step(
         optimizers.vae.step()
         if disc is not None:
             optimizers.discriminator.step()
-    return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in metrics.items()}
+    return {k: v.detach() for k, v in metrics.items()}
