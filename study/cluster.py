@@ -9,6 +9,8 @@ from pathlib import Path
 
 import ray
 
+from vae_attention.errors import StudyError
+
 
 def running_cluster_address(timeout_s: float = 2.0) -> str | None:
     """RAY_ADDRESS, else the address ``ray start`` last recorded on this machine, if its GCS answers.
@@ -43,7 +45,12 @@ def connect_ray(address: str | None, log_to_driver: bool = False) -> None:
     quiet = dict(logging_level=logging.WARNING, log_to_driver=log_to_driver)
     address = address or running_cluster_address()
     if address:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as err:  # unreachable, refused or unauthenticated: Ray's message is a traceback
+            reason = str(err.__cause__ or err).strip().splitlines()[-1][:200]
+            raise StudyError(f"cannot join the Ray cluster at {address} ({reason}); check the address "
+                             "(`ray status --address ADDRESS`) and, for token auth, RAY_AUTH_TOKEN") from None
         print(f"joined the Ray cluster at {address}")
         return
     ray.init(address="local", include_dashboard=False, **quiet)
