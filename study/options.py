@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from search_spaces.ablations import parse_grid
 from search_spaces.protocols import DEFAULT_PROTOCOL, PROTOCOL_NAMES
+from vae_attention import errors
 from vae_attention.errors import ConfigError, StudyError
 
 DEFAULTS: dict[str, Any] = {
@@ -269,21 +270,12 @@ def resolve_tracking_uri(uri: str) -> str:
 
 
 def run_command(run, args: argparse.Namespace, interrupted_hint: str) -> int:
-    """The CLIs' shared ending: ``run(args)``'s exit code; a user error as one line (exit 2, traceback only
-    with ``--debug``); Ctrl-C as ``interrupted_hint`` (exit 130)."""
+    """The study CLIs' ending: ``vae_attention.errors.run_command`` (a user error as one line, exit 2; Ctrl-C as
+    ``interrupted_hint``, exit 130) with MLflow's INFO chatter silenced."""
     # MLflow announces creating/migrating its SQLite tables at INFO; keep the CLI's output to our lines
     for noisy in ("mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        return run(args)
-    except StudyError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; {interrupted_hint}", file=sys.stderr)
-        return 130
+    return errors.run_command(run, args, interrupted_hint)
 
 
 def exit_process(code: int) -> NoReturn:

@@ -11,7 +11,7 @@ import sys
 
 from vae_attention.data.download import SOURCES, download
 from vae_attention.data.mvtec import MVTEC_CATEGORIES
-from vae_attention.errors import StudyError
+from vae_attention.errors import StudyError, run_command
 
 NEXT_STEP = {
     "dsprites": "python -m study.run disentangle --data-dir {to}",
@@ -70,17 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except StudyError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume the download", file=sys.stderr)
-        return 130
+    return run_command(run, build_parser().parse_args(argv), "run the same command again to resume the download")
 
 
 if __name__ == "__main__":
