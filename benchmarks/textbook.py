@@ -19,10 +19,12 @@ written out again, so that a slowdown shared by the project's own step cannot hi
   before its ReLU) are kept during the VAE's own forward; for each latent dim i, ∂(Σ_b μ_bi)/∂A by
   ``autograd.grad(create_graph=True)`` one dimension at a time (Σ over the batch is exact: image b's μ
   depends only on image b's A), α_i = spatial mean of that gradient (B, C), map_i = ReLU(Σ_c α_ic A_c)
-  (B, H, W). L_AD = mean over images and pairs of 2·Σmin(A¹, A²)/Σ(A¹ + A²), pairs (0,1), (2,3), …, (8,9)
-  of all 10 maps (``consecutive``) or one random pair of distinct dims, whose 2 maps alone are computed
-  (``random``); λ·L_AD joins the VAE loss, so its gradient is a double backward through the layers above A
-  (the FC head for ``--layer last``; three convs and the head for ``--layer first``, the project's default).
+  (B, h, w), bilinearly upsampled to the 64×64 input (the paper's maps live at the input's resolution).
+  L_AD = mean over images and pairs of 2·Σmin(A¹, A²)/Σ(A¹ + A²), pairs (0,1), (1,2), …, (8,9) of all 10
+  maps (``consecutive``, the report's chain) or one random pair of distinct dims, whose 2 maps alone are
+  computed (``random``); a pair of two all-zero maps (0/0) is left out of the mean. λ·L_AD joins the VAE
+  loss, so its gradient is a double backward through the layers above A (the FC head for ``--layer last``;
+  three convs and the head for ``--layer first``, the project's default).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ GAMMA = 40.0  # weight of the TC estimate: Kim & Mnih's dSprites setting (and th
 LAMBDA_AD = 1.0  # weight of L_AD ∈ [0, 1]
 AD_EPS = 1e-12  # guards 0/0 for a pair of all-zero maps (their overlap then counts as 0)
 DATA_IMAGES = 2048  # 2048 × 64·64 float32 = 32 MiB held by the DataLoader's dataset
+INPUT_SIZE = (64, 64)  # dSprites images; the maps are upsampled to it
 LAYERS = {"first": 0, "last": 3}  # which encoder conv's activations the maps use: 32×32×32 or 64×4×4
 PAIRS = ("consecutive", "random")
 MODELS = ("factorvae", "ad_factorvae")
@@ -100,16 +103,18 @@ def attention_maps(mu: torch.Tensor, acts: torch.Tensor, dims: Sequence[int], cr
         (grad,) = torch.autograd.grad(mu[:, i].sum(), acts, create_graph=create_graph, retain_graph=True)
         alpha = grad.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1): channel weights
         maps.append(F.relu((alpha * acts).sum(dim=1)))
-    return torch.stack(maps, dim=1)
+    return F.interpolate(torch.stack(maps, dim=1), size=INPUT_SIZE, mode="bilinear", align_corners=False)
 
 
 def ad_loss(maps: torch.Tensor, pairs: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """L_AD: mean over images and ``pairs`` (indices into dim 1 of ``maps``) of 2·Σmin(A¹, A²)/Σ(A¹ + A²)."""
+    """L_AD: mean over images and ``pairs`` (indices into dim 1 of ``maps``) of 2·Σmin(A¹, A²)/Σ(A¹ + A²),
+    over the pairs that have a positive pixel in either map."""
     a1 = maps[:, [p for p, _ in pairs]]
     a2 = maps[:, [q for _, q in pairs]]
     overlap = torch.minimum(a1, a2).sum(dim=(-2, -1))
     total = (a1 + a2).sum(dim=(-2, -1))
-    return (2.0 * overlap / (total + AD_EPS)).mean()
+    counted = (a1.amax(dim=(-2, -1)) > 0) | (a2.amax(dim=(-2, -1)) > 0)
+    return (2.0 * overlap / (total + AD_EPS) * counted).sum() / counted.sum().clamp(min=1)
 
 
 def permute_dims(z: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -157,7 +162,7 @@ class TextbookStep:
         """Which dims' maps to compute, and the pairs as indices into those maps."""
         if self.pairs == "random":
             return torch.randperm(Z_DIM, generator=self.generator, device=self.device)[:2].tolist(), [(0, 1)]
-        return list(range(Z_DIM)), [(i, i + 1) for i in range(0, Z_DIM - 1, 2)]
+        return list(range(Z_DIM)), [(i, i + 1) for i in range(Z_DIM - 1)]
 
     def __call__(self) -> dict[str, torch.Tensor]:
         x, x_prime = self.next_batch(), self.next_batch()

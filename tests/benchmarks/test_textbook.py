@@ -51,8 +51,22 @@ def test_ad_loss_equals_hand_computation():
     disjoint = torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [0.0, 3.0]])
     four = torch.stack([a1, a1, *disjoint])[None]
     assert textbook.ad_loss(four, [(0, 1), (2, 3)]).item() == pytest.approx(0.5)
-    # a pair of all-zero maps counts as overlap 0 (eps guard), not NaN
+    # a pair of two all-zero maps (0/0) is left out of the mean, not counted as 0 or NaN
     assert textbook.ad_loss(torch.zeros(1, 2, 2, 2), [(0, 1)]).item() == 0.0
+    silent = torch.stack([a1, a1, torch.zeros(2, 2), torch.zeros(2, 2)])[None]
+    assert textbook.ad_loss(silent, [(0, 1), (2, 3)]).item() == pytest.approx(1.0)
+
+
+def test_ad_loss_agrees_with_the_projects_l_ad_on_the_report_chain():
+    # two implementations written apart (this one imports nothing of the project) on ReLU maps with zero maps
+    from vae_attention.losses import attention_disentanglement
+
+    gen = torch.Generator().manual_seed(3)
+    maps = torch.relu(torch.randn(5, 10, 8, 8, generator=gen) - 0.5)
+    maps[0, 3] = 0.0
+    maps[1, 4:6] = 0.0  # a both-zero pair: dropped by both
+    chain = textbook.TextbookStep("ad_factorvae", batch=4, images=16).dims_and_pairs()[1]
+    torch.testing.assert_close(textbook.ad_loss(maps, chain), attention_disentanglement(maps, "consecutive_dims"))
 
 
 def _maps_batched_route(mu: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
@@ -71,8 +85,8 @@ def test_attention_maps_match_batched_gradient_route(layer):
     x = (torch.rand(2, 1, 64, 64) < 0.3).float()
     mu, _, acts = encoder(x, keep=textbook.LAYERS[layer])
     loop = textbook.attention_maps(mu, acts, range(4))
-    batched = _maps_batched_route(mu, acts)
-    assert loop.shape == (2, 4, *acts.shape[-2:])
+    batched = torch.nn.functional.interpolate(_maps_batched_route(mu, acts), size=(64, 64), mode="bilinear")
+    assert loop.shape == (2, 4, 64, 64)
     scale = batched.abs().max()
     assert scale > 0
     torch.testing.assert_close(loop, batched, rtol=1e-5, atol=1e-6 * scale.item())
@@ -90,7 +104,7 @@ def test_random_pair_computes_two_maps_of_distinct_dims():
     dims, pairs = step.dims_and_pairs()
     assert len(set(dims)) == 2 and all(0 <= d < textbook.Z_DIM for d in dims) and pairs == [(0, 1)]
     dims, pairs = textbook.TextbookStep("ad_factorvae", batch=4, images=16).dims_and_pairs()
-    assert dims == list(range(10)) and pairs == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    assert dims == list(range(10)) and pairs == [(i, i + 1) for i in range(9)]  # the report's chain
 
 
 @pytest.mark.parametrize("model", ["factorvae", "ad_factorvae"])
