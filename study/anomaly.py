@@ -28,7 +28,7 @@ from search_spaces.anomaly import (
 from search_spaces.common import drop_repeats
 from study.definition import StudyDefinition
 from study.dry_run import anomaly_dry_run
-from study.launch import StudyHooks
+from study.launch import StudyHooks, trial_label
 from study.options import add_common_options, grid_options, parse_overrides, resolve_data_dir
 from study.plan import SweepPlan, make_plan
 from study.progress import Column
@@ -149,14 +149,17 @@ def resolve_data_source(plan: SweepPlan) -> str:
 
 
 def trial_name(trial) -> str:
-    p = trial.config["params"]
+    return trial_label(trial, _label)
+
+
+def _label(p: dict) -> str:
     if p["dataset"] == "mvtec":
         label = f"mvtec_{p['category']}"
     elif p["dataset"] == "mnist":
         label = f"mnist_d{p['digit']}"
     else:
         label = "ucsd"
-    return f"{label}_lr{p['lr']:g}_s{p['seed']}_{trial.trial_id}"
+    return f"{label}_lr{p['lr']:g}_s{p['seed']}"
 
 
 def trial_tags(params: dict) -> dict[str, str]:

@@ -26,7 +26,7 @@ from search_spaces.disentangle import (
 )
 from study.definition import StudyDefinition
 from study.dry_run import disentangle_dry_run
-from study.launch import StudyHooks
+from study.launch import StudyHooks, trial_label
 from study.options import add_common_options, grid_options, parse_overrides, resolve_data_dir
 from study.plan import SweepPlan, make_plan
 from study.progress import Column
@@ -146,14 +146,17 @@ def resolve_data_source(plan: SweepPlan) -> str:
 
 
 def trial_name(trial) -> str:
-    p = trial.config["params"]
+    return trial_label(trial, _label)
+
+
+def _label(p: dict) -> str:
     if p["model"] == "betavae":
         label = f"betavae_b{p['beta']:g}"
     elif p["model"] == "ad_factorvae":
         label = f"adfvae_g{p['gamma']:g}_l{p['lambda_ad']:g}"
     else:
         label = f"fvae_g{p['gamma']:g}"
-    return f"{label}_s{p['seed']}_{trial.trial_id}"
+    return f"{label}_s{p['seed']}"
 
 
 def trial_tags(params: dict) -> dict[str, str]:

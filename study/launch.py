@@ -33,6 +33,18 @@ class StudyHooks:
     metric_defaults: dict  # {"asha": (metric, mode), "optuna": (metric, mode), "pareto": ((m1, m2), (mode1, mode2))}
 
 
+def trial_label(trial, label: Callable[[dict], str]) -> str:
+    """A trial's display and folder name: ``label(params)`` plus Ray's trial id (the id keeps names unique).
+
+    A trial whose config holds no params (Ray builds some trial objects from partial state) is named
+    ``trial_<id>``, as Ray would: a name must never stop a sweep.
+    """
+    params = trial.config.get(PARAMS_KEY)
+    if not isinstance(params, dict):
+        return f"trial_{trial.trial_id}"
+    return f"{label(params)}_{trial.trial_id}"
+
+
 def launch(plan: SweepPlan, hooks: StudyHooks, *, resume: bool, sweep_tags: dict[str, str],
            debug: bool = False) -> int:
     """Run (or resume) the sweep; returns the exit code: 0 only if every trial finished, 130 after Ctrl-C.

@@ -17,7 +17,7 @@ from search_spaces import rbm as rbm_space
 from search_spaces.common import drop_repeats
 from study.definition import StudyDefinition
 from study.dry_run import checkpoint_gigabytes, trial_table, varying_keys
-from study.launch import StudyHooks
+from study.launch import StudyHooks, trial_label
 from study.options import add_common_options, grid_options, parse_overrides, resolve_data_dir
 from study.plan import CHECKPOINTS_TO_KEEP, SweepPlan, make_plan
 from study.progress import Column
@@ -130,10 +130,13 @@ def resolve_data_source(plan: SweepPlan) -> str:
 
 
 def trial_name(trial) -> str:
-    p = trial.config["params"]
+    return trial_label(trial, _label)
+
+
+def _label(p: dict) -> str:
     sizes = "-".join(map(str, p["sizes"]))
-    return f"rbm_{p['protocol']}_d{p['digit']}_{sizes}_k{p['k']}_lr{p['lr']:g}_t{p['temperature']:g}_s{p['seed']}_" \
-           f"{trial.trial_id}".replace("+", "-")
+    return (f"rbm_{p['protocol']}_d{p['digit']}_{sizes}_k{p['k']}_lr{p['lr']:g}_t{p['temperature']:g}_"
+            f"s{p['seed']}").replace("+", "-")
 
 
 def trial_tags(params: dict) -> dict[str, str]:
