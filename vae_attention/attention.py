@@ -35,12 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vae_attention.encoder_chain import EncoderChain
 from vae_attention.errors import ConfigError
 
 Score = Literal["sum", "per_dim", "mean_per_dim"]
 GradNorm = Literal["none", "per_image", "batch"]
 Activation = Literal["relu", "abs", "none"]
-GradMethod = Literal["auto", "loop", "batched"]
+GradMethod = Literal["auto", "loop", "batched", "chain"]
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (mu, logvar) -> (B,) per-image scores
 
 SCORES = get_args(Score)
@@ -212,16 +213,30 @@ def per_dim_channel_weights(
     normalize_grads: GradNorm = "none",
     create_graph: bool,
     method: str = "auto",
+    chain: EncoderChain | None = None,
 ) -> torch.Tensor:
     """α (n, B, K): the spatial means of the (normalised) ``per_dim_gradients``, the same numbers.
 
-    The loop method reduces each dimension's (B, K, h, w) gradient as soon as it is computed, so the
+    Methods: ``loop`` (one ``autograd.grad`` per slot), ``batched`` (one vmapped ``autograd.grad``), ``chain``
+    (the chain rule written out through the layers above the activation, ``chain`` = ``EncoderChain.after``;
+    the fastest on CPU). ``auto``: batched on CUDA; on CPU chain where ``chain`` is given and the activation is
+    float32 (a bf16 activation keeps autograd's own route), else loop.
+    The loop and chain methods reduce each dimension's (B, K, h, w) gradient as soon as it is computed, so the
     (n, B, K, h, w) stack (84 MB at n = 10, B = 64, 32×32×32) is never built, nor its double backward (a
     broadcast division over all of it): ~20 % of a 10-map AD-FactorVAE step on 2 CPU threads. Both
     normalisations act on one dimension's gradient at a time, so reducing per dimension changes nothing.
     """
     if method == "auto":
-        method = "batched" if activation.is_cuda else "loop"
+        if activation.is_cuda:
+            method = "batched"
+        else:
+            method = "chain" if chain is not None and activation.dtype == torch.float32 else "loop"
+    if method == "chain":
+        if chain is None:
+            raise ConfigError("grad_method='chain' needs a model whose encoder layers above the attention layer "
+                              "are a chain of Conv2d/Linear/ReLU/Flatten/Identity (the dSprites VAEs)")
+        grads = chain.per_dim_gradients(activation, index, create_graph=create_graph)
+        return torch.stack([_normalize(grad, normalize_grads).mean(dim=(-2, -1)) for grad in grads])
     if method == "batched":
         grads = per_dim_gradients(mu, activation, index, create_graph=create_graph, method="batched")
         return _normalize(grads, normalize_grads).mean(dim=(-2, -1))
@@ -278,6 +293,7 @@ def attention_maps(
     return maps_from_activation(
         mu, feats, score=score, dims=dims, normalize_grads=normalize_grads, activation=activation,
         create_graph=create_graph, size=size, grad_method=grad_method, upsample_first=upsample_first,
+        chain=EncoderChain.after(model, layer) if score_fn is None else None,
     )
 
 
@@ -293,11 +309,13 @@ def maps_from_activation(
     size: tuple[int, int],
     grad_method: GradMethod = "auto",
     upsample_first: bool = False,
+    chain: EncoderChain | None = None,
 ) -> torch.Tensor:
     """The maps of ``attention_maps`` from a forward pass already run: μ (B, z) and the layer's activation
     ``feats`` (B, K, h, w) of the same graph (e.g. captured by ``capture_activation`` during a training
     forward). The graph is kept (``retain_graph``), so the caller can still backpropagate its own losses
-    through it. ``size``: the (H, W) the maps are upsampled to (the input's spatial size).
+    through it. ``size``: the (H, W) the maps are upsampled to (the input's spatial size). ``chain``: the model's
+    ``EncoderChain.after(model, layer)``, which per-dimension scores use where ``grad_method`` allows.
     """
     _check_choice("score", score, SCORES)
     _check_choice("normalize_grads", normalize_grads, GRAD_NORMS)
@@ -309,7 +327,7 @@ def maps_from_activation(
     else:
         index = _dims_matrix(dims, mu.shape[0], mu.shape[1], mu.device)
         alpha = per_dim_channel_weights(mu, feats, index, normalize_grads=normalize_grads,
-                                        create_graph=create_graph, method=grad_method)  # (n, B, K)
+                                        create_graph=create_graph, method=grad_method, chain=chain)  # (n, B, K)
     # Σ_k α_k A_k as one batched matmul per image: broadcasting α against A would materialise an (n, B, K, h, w)
     # product (84 MB at n = 10, B = 64, 32×32×32) whose memory traffic made the step ~4× slower on CPU
     maps = torch.einsum("nbk,bkhw->bnhw", alpha, feats)  # (B, n, h, w) before the activation

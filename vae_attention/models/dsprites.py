@@ -41,6 +41,8 @@ def _conv_trunk() -> list[nn.Module]:
 
 
 class DSpritesVAE(VAE):
+    # μ = the first z_dim outputs of ``encoder`` (``VAE.encode``): ``EncoderChain`` may write out ∂μ/∂A
+    mu_is_leading_encoder_output = True
     def __init__(self, z_dim: int = 10, generator: torch.Generator | None = None, encoder_fc_relu: bool = True):
         super().__init__()
         self.z_dim = z_dim
@@ -77,6 +79,8 @@ class AllConvDSpritesVAE(VAE):
     only. ``ConvTranspose2d`` is not a ``Conv2d`` subclass, so the decoder's transposed convs keep PyTorch's
     default init; here it is drawn from ``generator`` (``seeded_default_init``) so a seed fixes every weight.
     """
+
+    mu_is_leading_encoder_output = True  # μ = the first z_dim channels of ``encoder``'s (B, 2z, 1, 1) output
 
     def __init__(self, z_dim: int = 10, generator: torch.Generator | None = None, encoder_fc_relu: bool = True):
         super().__init__()

@@ -29,6 +29,8 @@ from torch import nn
 
 from vae_attention import losses
 from vae_attention.attention import capture_activation, check_layer, encode_with_activation, maps_from_activation
+from vae_attention.encoder_chain import EncoderChain
+from vae_attention.errors import ConfigError
 from vae_attention.models import Discriminator, DSpritesVAE, reparameterize
 from vae_attention.models.dsprites import AllConvDSpritesVAE
 from vae_attention.training.disentangle.config import DisentangleConfig
@@ -68,8 +70,13 @@ def build_models(config: DisentangleConfig, device: torch.device | str = "cpu") 
 
 
 def check_model(config: DisentangleConfig) -> None:
-    """Fail early (ConfigError) when the attention layer is not a (B, K, h, w) layer of the configured VAE."""
-    check_layer(build_vae(config), config.attention_layer, torch.zeros(1, 1, 64, 64))
+    """Fail early (ConfigError) when the attention layer is not a (B, K, h, w) layer of the configured VAE, or
+    ``grad_method="chain"`` cannot write out the layers above it."""
+    vae = build_vae(config)
+    check_layer(vae, config.attention_layer, torch.zeros(1, 1, 64, 64))
+    if config.grad_method == "chain" and EncoderChain.after(vae, config.attention_layer) is None:
+        raise ConfigError(f"grad_method='chain' needs Conv2d/Linear/ReLU/Flatten/Identity layers above "
+                          f"{config.attention_layer} in the {config.architecture} VAE; use auto, loop or batched")
 
 
 def compile_models(models: Models, config: DisentangleConfig, backend: str = "inductor") -> list[str]:
@@ -120,7 +127,8 @@ def ad_attention_maps(
     ``train_step`` takes the activation from its own forward instead). ``options``: as ``ad_maps_from_activation``.
     """
     mu, feats = encode_with_activation(vae, x, config.attention_layer)
-    return ad_maps_from_activation(mu, feats, config, generator, size=tuple(x.shape[-2:]), **options)
+    return ad_maps_from_activation(mu, feats, config, generator, size=tuple(x.shape[-2:]),
+                                   chain=EncoderChain.after(vae, config.attention_layer), **options)
 
 
 def ad_maps_from_activation(
@@ -132,6 +140,7 @@ def ad_maps_from_activation(
     size: tuple[int, int],
     score: Literal["per_dim", "sum"] | None = None,
     create_graph: bool = True,
+    chain: EncoderChain | None = None,
 ) -> torch.Tensor:
     """The maps L_AD compares under ``config.pairs``, from μ (B, z) and the attention layer's activation
     ``feats`` of the same forward pass, computing only the dims the policy needs.
@@ -140,12 +149,14 @@ def ad_maps_from_activation(
     (s = Σ_i μ_i; one (B, H, W) map per image); None = what ``config.pairs`` implies (Σμ for
     ``consecutive_images``). ``create_graph=False`` gives detached maps (an L_AD that trains nothing).
     ``top2`` ranks all dims on detached maps, then computes the chosen two with the graph, from the same forward.
+    ``chain``: ``EncoderChain.after(vae, config.attention_layer)``, for ``grad_method`` "auto"/"chain".
     """
     kwargs = dict(
         activation=config.ad_activation,
         normalize_grads=config.normalize_grads,
         grad_method=config.grad_method,
         size=size,
+        chain=chain,
     )
     if score is None:
         score = "sum" if config.pairs == "consecutive_images" else "per_dim"
@@ -223,7 +234,8 @@ def train_step_tensors(
             # ad_gradient="detached": maps without a graph, so λ·L_AD is a constant and trains nothing (the report)
             maps = ad_maps_from_activation(out.mu, captured.tensor, config, generator, size=tuple(batch.shape[-2:]),
                                            score=config.ad_map_score,
-                                           create_graph=config.ad_gradient == "differentiable")
+                                           create_graph=config.ad_gradient == "differentiable",
+                                           chain=EncoderChain.after(vae, config.attention_layer))
             ad, pair_stats = losses.attention_disentanglement_with_stats(maps, config.pairs, generator,
                                                                          as_tensors=True)
             vae_loss = vae_loss + config.lambda_ad * ad
