@@ -52,7 +52,9 @@ def worker(args) -> None:
     """One trial: set up, say ready, wait for the go line on stdin, step for ``seconds``, print a JSON result."""
     from vae_attention.data import DSprites
     from vae_attention.training import DisentangleConfig, DisentangleState
+    from vae_attention.training.host_memory import hold_freed_host_memory
 
+    hold_freed_host_memory()  # as a Ray trial's process does
     torch.set_num_threads(args.threads)
     dataset = DSprites(grid=SMALL_GRID, cache_dir=args.cache_dir)
     state = DisentangleState(DisentangleConfig(model=args.model, eval_size=min(5000, dataset.num_images // 5)),

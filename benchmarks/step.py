@@ -1,13 +1,16 @@
 """Throughput of the project's disentanglement step against an independent textbook step, with FLOPs and GEMM rate.
 
-    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.step [--threads 2] [--batch 64] [--device cpu|cuda]
-                                                     [--layer first|last] [--steps 30] [--variants] [--quick]
+    python -m benchmarks.step [--threads 2] [--batch 64] [--device cpu|cuda] [--layer first|last] [--steps 30]
+                              [--data-dir DIR] [--variants] [--quick]
 
 Ours: ``DisentangleState.step`` (batches by random index from the bit-packed dSprites cache, the project's
 ``train_step``, per-dimension gradients by ``grad_method="auto"``). Reference: ``benchmarks.textbook.TextbookStep``,
 written independently from the papers (its own models, a ``DataLoader``, one ``autograd.grad`` per latent dim,
-activations kept from the VAE's own forward); nothing on that side calls the project. Both use the same
-attention layer: ``--layer first`` = the project's default ``encoder.0`` (32×32 maps), ``last`` = ``encoder.6``.
+activations kept from the VAE's own forward, the same L_AD); nothing on that side calls the project. Both use
+the same attention layer: ``--layer first`` = the project's default ``encoder.0`` (32×32 maps), ``last`` =
+``encoder.6``. Each side runs in a process of its own (``benchmarks.step_process``): ours as a Ray trial runs it
+(freed host memory held, ``vae_attention.training.host_memory``), the textbook as a plain PyTorch script, each
+on ``--threads`` intra-op threads.
 
 Rows: FactorVAE, AD-FactorVAE with 10 maps (``consecutive_dims``) and with a random pair (2 maps). Each row
 prints it/s (ours and the textbook timed in 5 alternating blocks after warm-up, median block), FLOPs per step
@@ -16,9 +19,9 @@ its fraction of the fp32 GEMM rate measured in the same run on the same threads;
 ``--variants`` (default on CUDA) adds the project's step with ``grad_method`` loop/batched, bf16 and
 ``compile="default"`` (``"reduce-overhead"`` too on CUDA; the first steps, untimed, include the compile).
 
-Set ``OMP_WAIT_POLICY=PASSIVE`` on a shared machine: spinning OpenMP threads that wait on descheduled peers
-make a 2-thread step several times slower, on both sides alike but not equally. It must be set before Python
-starts (OpenMP reads it when torch loads).
+On a machine shared with other jobs, ``OMP_WAIT_POLICY=PASSIVE`` (set before Python starts: OpenMP reads it
+when torch loads) keeps spinning OpenMP threads from waiting on descheduled peers, which can make a 2-thread
+step several times slower; on a quiet machine it costs ~20 % (threads sleep between the step's many small ops).
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from collections.abc import Sequence
 
 import torch
 
-from benchmarks.flops import HEADER, format_row, fraction_of_gemm, gemm_gflops, measure_rate, step_flops, torch_threads
-from benchmarks.textbook import TextbookStep
+from benchmarks.flops import HEADER, format_row, gemm_gflops, torch_threads
+from benchmarks.step_process import StepProcess
 from vae_attention.data import DSprites
 from vae_attention.training import DisentangleConfig, DisentangleState
 
@@ -44,8 +47,11 @@ WIDTH = 50  # the row label column
 QUICK_GRID = (3, 2, 4, 8, 8)  # 1,536 images: a stand-in small enough to build in well under a second
 
 
-def project_step(model: str, pairs: str, batch: int, layer: str, dataset, device: str, **overrides):
-    """The project's step as a zero-argument callable (one optimiser iteration per call)."""
+def project_step(model: str, pairs: str, batch: int, layer: str, device: str, data_dir: str | None = None,
+                 quick_cache: str | None = None, **overrides):
+    """The project's step as a zero-argument callable (one optimiser iteration per call), on the official npz in
+    ``data_dir``, the generated stand-in, or (``quick_cache``) a small stand-in cached in that folder."""
+    dataset = DSprites(grid=QUICK_GRID, cache_dir=quick_cache) if quick_cache else DSprites(data_dir)
     fields = {f.name for f in dataclasses.fields(DisentangleConfig)}
     overrides = {k: v for k, v in overrides.items() if k in fields}
     config = DisentangleConfig(model=model, pairs=pairs, batch_size=batch, attention_layer=LAYER_NAMES[layer],
@@ -53,22 +59,25 @@ def project_step(model: str, pairs: str, batch: int, layer: str, dataset, device
     return DisentangleState(config, dataset, device=device).step
 
 
-def paired_results(steps_fns, steps: int, threads: int, *, warmup: int, gemm_size: int, gemm_seconds: float,
-                   device: str, blocks: int = 5) -> list[dict[str, float]]:
-    """``fraction_of_gemm`` for several steps timed in alternating blocks (A B A B …, the order flipped every
-    block), so a neighbour's burst of load on a shared machine hits both sides alike; the median block rate of
-    each, and the larger of the GEMM rates measured before and after all blocks."""
+def paired_results(sides: Sequence[tuple[StepProcess, str]], steps: int, threads: int, *, warmup: int,
+                   gemm_size: int, gemm_seconds: float, device: str, blocks: int = 5) -> list[dict[str, float]]:
+    """``fraction_of_gemm`` for steps built in their own processes (``(process, key)``), timed in alternating
+    blocks (A B A B …, the order flipped every block) so that a neighbour's burst of load on a shared machine
+    hits both sides alike; the median block rate of each, and the larger of the GEMM rates (measured in this
+    process) before and after all blocks."""
+    flops = [process.flops(key) for process, key in sides]
+    for process, key in sides:
+        process.run(key, max(warmup - 1, 0))
     with torch_threads(threads):
-        flops = [step_flops(fn) for fn in steps_fns]
-        for fn in steps_fns:
-            measure_rate(fn, 1, warmup=warmup - 1 if warmup > 0 else 0, blocks=1, device=device)
         gemm_before = gemm_gflops(None, gemm_size, gemm_seconds / 2, device)
-        per_block = max(1, steps // blocks)
-        rates: list[list[float]] = [[] for _ in steps_fns]
-        for block in range(blocks):
-            order = range(len(steps_fns)) if block % 2 == 0 else reversed(range(len(steps_fns)))
-            for i in order:
-                rates[i].append(measure_rate(steps_fns[i], per_block, warmup=0, blocks=1, device=device))
+    per_block = max(1, steps // blocks)
+    rates: list[list[float]] = [[] for _ in sides]
+    for block in range(blocks):
+        order = range(len(sides)) if block % 2 == 0 else reversed(range(len(sides)))
+        for i in order:
+            process, key = sides[i]
+            rates[i].append(per_block / process.run(key, per_block))
+    with torch_threads(threads):
         gemm = max(gemm_before, gemm_gflops(None, gemm_size, gemm_seconds / 2, device))
     results = []
     for step_rates, step_flop in zip(rates, flops, strict=True):
@@ -110,9 +119,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     gemm_size = 4096 if cuda else (512 if args.quick else 1024)
     steps, warmup, gemm_seconds = (3, 1, 0.2) if args.quick else (args.steps, 3, 1.0)
 
-    with tempfile.TemporaryDirectory() as scratch:
-        dataset = (DSprites(grid=QUICK_GRID, cache_dir=scratch) if args.quick and args.data_dir is None
-                   else DSprites(args.data_dir))
+    blocks = 3 if args.quick else 5
+    with tempfile.TemporaryDirectory() as scratch, \
+            StepProcess("benchmarks.step:project_step", args.threads, args.device, hold_memory=True) as ours_side, \
+            StepProcess("benchmarks.textbook:TextbookStep", args.threads, args.device) as textbook_side:
+        data = {"quick_cache": scratch} if args.quick and args.data_dir is None else {"data_dir": args.data_dir}
+        dataset = DSprites(grid=QUICK_GRID, cache_dir=scratch) if "quick_cache" in data else DSprites(args.data_dir)
         load = os.getloadavg()[0]
         print(f"benchmarks.step: device={args.device} threads={args.threads} batch={args.batch} layer={args.layer} "
               f"({LAYER_NAMES[args.layer]}) torch={torch.__version__} OMP_WAIT_POLICY="
@@ -121,22 +133,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         if cuda:
             print(f"gpu: {torch.cuda.get_device_name()}")
         print(dataset.describe())
+        print("each side runs in its own process: ours as a trial runs (freed host memory held), the textbook "
+              "as a plain PyTorch script")
         with torch_threads(args.threads):
             gemm = gemm_gflops(None, gemm_size, gemm_seconds, args.device)
         print(f"fp32 GEMM {gemm_size}³ on {args.device}: {gemm:.1f} GFLOP/s (each row re-measures it)")
         print(f"{'step':{WIDTH}s}{HEADER[len('step'.ljust(38)):]} {'ours/textbook':>14s}")
 
-        def measure(step):
-            return fraction_of_gemm(step, steps, args.threads, warmup=warmup, gemm_size=gemm_size,
-                                    gemm_seconds=gemm_seconds, device=args.device)
+        def measure(sides):
+            return paired_results(sides, steps, args.threads, warmup=warmup, gemm_size=gemm_size,
+                                  gemm_seconds=gemm_seconds, device=args.device, blocks=blocks)
 
         for model, pairs in ROWS:
             label = model if model == "factorvae" else f"{model} {pairs}"
-            ours, reference = paired_results(
-                [project_step(model, pairs, args.batch, args.layer, dataset, args.device),
-                 TextbookStep(model, args.batch, TEXTBOOK_PAIRS[pairs], args.layer, device=args.device)],
-                steps, args.threads, warmup=warmup, gemm_size=gemm_size, gemm_seconds=gemm_seconds,
-                device=args.device, blocks=3 if args.quick else 5)
+            ours_side.build(label, model=model, pairs=pairs, batch=args.batch, layer=args.layer, device=args.device,
+                            **data)
+            textbook_side.build(label, model=model, batch=args.batch, pairs=TEXTBOOK_PAIRS[pairs],
+                                layer=args.layer, device=args.device)
+            ours, reference = measure([(ours_side, label), (textbook_side, label)])
             ratio = ours["iterations_per_s"] / reference["iterations_per_s"]
             print(format_row(f"{label} [ours]", ours, WIDTH), f"{ratio:13.2f}x")
             print(format_row(f"{label} [textbook]", reference, WIDTH), flush=True)
@@ -144,8 +158,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for name, options in variants(args.device):
                     if model == "factorvae" and "grad_method" in options:
                         continue  # no attention maps in FactorVAE
-                    result = measure(project_step(model, pairs, args.batch, args.layer, dataset, args.device,
-                                                  **options))
+                    key = f"{label} {name}"
+                    ours_side.build(key, model=model, pairs=pairs, batch=args.batch, layer=args.layer,
+                                    device=args.device, **data, **options)
+                    (result,) = measure([(ours_side, key)])
                     ratio = result["iterations_per_s"] / reference["iterations_per_s"]
                     print(format_row(f"{label} [ours, {name}]", result, WIDTH), f"{ratio:13.2f}x", flush=True)
 
