@@ -135,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(dataset.describe())
         print("each side runs in its own process: ours as a trial runs (freed host memory held), the textbook "
               "as a plain PyTorch script")
+        ours_side.wait_ready()  # their start-up (imports) must not overlap the GEMM measured here
+        textbook_side.wait_ready()
         with torch_threads(args.threads):
             gemm = gemm_gflops(None, gemm_size, gemm_seconds, args.device)
         print(f"fp32 GEMM {gemm_size}³ on {args.device}: {gemm:.1f} GFLOP/s (each row re-measures it)")

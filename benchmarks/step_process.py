@@ -53,7 +53,9 @@ def _serve(conn, builder: str, threads: int, device: str, hold_memory: bool) -> 
             if command == "close":
                 conn.send(("ok", None))
                 return
-            if command == "build":
+            if command == "ping":
+                reply = None
+            elif command == "build":
                 # quiet: e.g. the data set's notice, which the parent prints once
                 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                     steps[key] = make(**argument)
@@ -91,6 +93,10 @@ class StepProcess:
         if status == "error":
             raise RuntimeError(f"{self.builder} in its benchmark process:\n{reply}")
         return reply
+
+    def wait_ready(self) -> None:
+        """Return once the child has started (imports done), e.g. before timing anything in the parent."""
+        self._call("ping")
 
     def build(self, key: str, **spec: Any) -> None:
         self._call("build", key, spec)

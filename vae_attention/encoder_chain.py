@@ -13,7 +13,9 @@ gives the same numbers, but differentiates ``convolution_backward`` a second tim
 double backward's weight gradient as a convolution of transposed tensors (a 16×16 "kernel" for the dSprites
 VAE's second conv) that oneDNN runs slowly: on 2 CPU threads the 10-map AD-FactorVAE step is ~7 % faster this
 way (``python -m benchmarks.step``), with the same losses to the last printed digit. A ReLU's derivative at 0
-is 0 in both (PyTorch's ``threshold_backward`` and the mask ``A > 0``).
+is 0 in both (PyTorch's ``threshold_backward`` and the mask ``A > 0``). The masks and shapes come from one
+re-run of the layers above A without a graph (~1 of the AD step's 41 GFLOP at the first conv; ``top2`` runs it
+twice, for its ranking and for the chosen pair): the forward's own values, as the layers are deterministic.
 
 Applies when the model opts in (``mu_is_leading_encoder_output``: μ = the first z entries of the flattened
 ``model.encoder`` output), the attention layer is a direct child ``encoder.N`` of that ``nn.Sequential``, and
