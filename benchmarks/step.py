@@ -156,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             ratio = ours["iterations_per_s"] / reference["iterations_per_s"]
             print(format_row(f"{label} [ours]", ours, WIDTH), f"{ratio:13.2f}x")
             print(format_row(f"{label} [textbook]", reference, WIDTH), flush=True)
+            textbook_side.drop(label)
             if args.variants or cuda:
                 for name, options in variants(args.device):
                     if model == "factorvae" and "grad_method" in options:
@@ -164,8 +165,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                     ours_side.build(key, model=model, pairs=pairs, batch=args.batch, layer=args.layer,
                                     device=args.device, **data, **options)
                     (result,) = measure([(ours_side, key)])
+                    ours_side.drop(key)
                     ratio = result["iterations_per_s"] / reference["iterations_per_s"]
                     print(format_row(f"{label} [ours, {name}]", result, WIDTH), f"{ratio:13.2f}x", flush=True)
+            ours_side.drop(label)
 
 
 if __name__ == "__main__":

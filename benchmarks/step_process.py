@@ -13,7 +13,9 @@ the same machine.
         flops = side.flops("fvae")         # one step under torch's FLOP counter
         seconds = side.run("fvae", 10)     # ten steps, timed in the child
 
-Nothing here imports the project; ``hold_memory=True`` imports its host-memory policy in the child only.
+This module imports nothing of the project; ``hold_memory=True`` imports its host-memory policy in that child
+only. (A spawned child re-imports the parent's ``__main__`` module, e.g. ``benchmarks.step``, which imports the
+project's modules without running anything: no process-wide setting comes with them.)
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ def _serve(conn, builder: str, threads: int, device: str, hold_memory: bool) -> 
                 return
             if command == "ping":
                 reply = None
+            elif command == "drop":
+                steps.pop(key, None)
+                reply = None
             elif command == "build":
                 # quiet: e.g. the data set's notice, which the parent prints once
                 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -79,7 +84,7 @@ class StepProcess:
     that return a zero-argument step) and runs them on ``threads`` intra-op threads on ``device``."""
 
     def __init__(self, builder: str, threads: int, device: str = "cpu", hold_memory: bool = False):
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no state inherited from the parent
+        context = multiprocessing.get_context("spawn")  # a new interpreter: no torch or allocator state inherited
         self._conn, child = context.Pipe()
         self._process = context.Process(target=_serve, args=(child, builder, threads, device, hold_memory),
                                         daemon=True)
@@ -88,8 +93,12 @@ class StepProcess:
         self.builder = builder
 
     def _call(self, command: str, key: str | None = None, argument: Any = None) -> Any:
-        self._conn.send((command, key, argument))
-        status, reply = self._conn.recv()
+        try:
+            self._conn.send((command, key, argument))
+            status, reply = self._conn.recv()
+        except (EOFError, OSError) as err:
+            raise RuntimeError(f"{self.builder}: its benchmark process ended (exit code "
+                               f"{self._process.exitcode}): {type(err).__name__}") from None
         if status == "error":
             raise RuntimeError(f"{self.builder} in its benchmark process:\n{reply}")
         return reply
@@ -100,6 +109,10 @@ class StepProcess:
 
     def build(self, key: str, **spec: Any) -> None:
         self._call("build", key, spec)
+
+    def drop(self, key: str) -> None:
+        """Free a step (its models and optimiser state), so later steps start from a lean process."""
+        self._call("drop", key)
 
     def flops(self, key: str) -> int:
         """FLOPs of one step (the step really runs and updates)."""
@@ -112,8 +125,10 @@ class StepProcess:
     def close(self) -> None:
         if self._process.is_alive():
             try:
-                self._call("close")
-            except (OSError, EOFError, RuntimeError):
+                self._conn.send(("close", None, None))
+                if self._conn.poll(30):  # a child stuck in a step is killed below instead of waited on
+                    self._conn.recv()
+            except (OSError, EOFError):
                 pass
         self._process.join(timeout=30)
         if self._process.is_alive():

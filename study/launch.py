@@ -36,8 +36,9 @@ class StudyHooks:
 def trial_label(trial, label: Callable[[dict], str]) -> str:
     """A trial's display and folder name: ``label(params)`` plus Ray's trial id (the id keeps names unique).
 
-    A trial whose config holds no params (Ray builds some trial objects from partial state) is named
-    ``trial_<id>``, as Ray would: a name must never stop a sweep.
+    A trial object whose config holds no params (Ray builds some from partial state) is named ``trial_<id>``
+    instead of raising: naming it must not stop a sweep. (A params dict without a label's key is a bug, and
+    raises.)
     """
     params = trial.config.get(PARAMS_KEY)
     if not isinstance(params, dict):

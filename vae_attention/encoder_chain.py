@@ -17,10 +17,13 @@ is 0 in both (PyTorch's ``threshold_backward`` and the mask ``A > 0``). The mask
 re-run of the layers above A without a graph (~1 of the AD step's 41 GFLOP at the first conv; ``top2`` runs it
 twice, for its ranking and for the chosen pair): the forward's own values, as the layers are deterministic.
 
-Applies when the model opts in (``mu_is_leading_encoder_output``: μ = the first z entries of the flattened
-``model.encoder`` output), the attention layer is a direct child ``encoder.N`` of that ``nn.Sequential``, and
-every later layer is a ``Conv2d`` (one group, no dilation, zero padding), ``Linear``, ``ReLU``, ``Flatten`` or
-``Identity``; ``EncoderChain.after`` returns None otherwise and callers use autograd.
+Applies when the model's own class opts in (``mu_is_leading_encoder_output`` set on the class itself, not
+inherited: a subclass may change ``encode``; μ = the first z entries of the flattened ``model.encoder``
+output), the attention layer is a direct child ``encoder.N`` of that ``nn.Sequential``, and every later layer
+is exactly a ``Conv2d`` (one group, no dilation, zero padding), ``Linear``, ``ReLU``, ``Flatten`` or
+``Identity``; ``EncoderChain.after`` returns None otherwise and callers use autograd. The re-run uses the
+layers' weights through ``torch.nn.functional`` (no module hooks run, no in-place ReLU touches A). The
+activation must be float32 (a bf16 forward's masks would differ from a float32 re-run).
 """
 
 from __future__ import annotations
@@ -31,14 +34,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vae_attention.errors import ConfigError
+
 _SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.Flatten, nn.Identity)
 
 
 def _supported(layer: nn.Module) -> bool:
-    if isinstance(layer, nn.Conv2d):
+    if type(layer) is nn.Conv2d:  # exactly: a subclass may change its forward
         return layer.groups == 1 and tuple(layer.dilation) == (1, 1) and layer.padding_mode == "zeros" \
             and not isinstance(layer.padding, str)
+    if type(layer) is nn.Flatten:
+        return layer.start_dim == 1 and layer.end_dim == -1
     return type(layer) in _SUPPORTED
+
+
+def _forward(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """The layer's function on ``h`` (functional: no hooks, never in place)."""
+    if isinstance(layer, nn.Conv2d):
+        return F.conv2d(h, layer.weight, layer.bias, layer.stride, layer.padding)
+    if isinstance(layer, nn.Linear):
+        return F.linear(h, layer.weight, layer.bias)
+    if isinstance(layer, nn.ReLU):
+        return F.relu(h)
+    if isinstance(layer, nn.Flatten):
+        return h.flatten(1)
+    return h
 
 
 class EncoderChain:
@@ -53,7 +73,7 @@ class EncoderChain:
         """The chain above ``layer`` of ``model`` (e.g. ``"encoder.0"``), or None where it does not apply."""
         encoder = getattr(model, "encoder", None)
         prefix, _, index = layer.partition(".")
-        if not getattr(model, "mu_is_leading_encoder_output", False) or prefix != "encoder" \
+        if not vars(type(model)).get("mu_is_leading_encoder_output", False) or prefix != "encoder" \
                 or not isinstance(encoder, nn.Sequential) or not index.isdigit() or int(index) >= len(encoder):
             return None
         layers = list(encoder)[int(index) + 1:]
@@ -68,7 +88,7 @@ class EncoderChain:
             h = activation.detach()
             for layer in self.layers:
                 records.append((h.shape, h > 0 if isinstance(layer, nn.ReLU) else None))
-                h = layer(h)
+                h = _forward(layer, h)
         records.append((h.shape, None))  # the encoder's output: (B, 2z) or (B, 2z, 1, 1)
         return records
 
@@ -93,12 +113,16 @@ class EncoderChain:
     def per_dim_gradients(self, activation: torch.Tensor, index: torch.Tensor, *, create_graph: bool):
         """∂μ_{b, index[b, j]}/∂A_b for each slot j, one at a time: a generator of (B, K, h, w) tensors.
 
-        ``create_graph=False`` computes them without a graph (detached).
+        ``create_graph=False`` computes them without a graph (detached). The activation must be float32.
         """
+        if activation.dtype != torch.float32:
+            raise ConfigError(f"the encoder chain needs a float32 activation, got {activation.dtype}: use "
+                              "grad_method auto or loop with precision=bf16")
         records = self._forward_record(activation)
         out_shape = records[-1][0]
+        graph = create_graph and torch.is_grad_enabled()
         for column in index.t():  # (B,) dims of slot j
             seed = F.one_hot(column, out_shape[1]).to(activation.dtype)  # (B, 2z): 1 at μ_i, 0 elsewhere
-            seed = seed.reshape(out_shape)
-            with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
-                yield self._transpose(seed, records)
+            with torch.set_grad_enabled(graph):
+                grad = self._transpose(seed.reshape(out_shape), records)
+            yield grad

@@ -58,9 +58,29 @@ def test_without_a_graph_the_gradients_are_detached():
 def test_attention_maps_are_the_same_by_every_method():
     vae = DSpritesVAE(z_dim=4, generator=torch.Generator().manual_seed(3))
     x = _images(2, seed=4)
-    maps = {m: attention_maps(vae, x, "encoder.2", score="per_dim", grad_method=m) for m in ("chain", "loop", "auto")}
+    maps = {method: attention_maps(vae, x, "encoder.2", score="per_dim", grad_method=method)
+            for method in ("chain", "loop", "batched")}
     torch.testing.assert_close(maps["chain"], maps["loop"])
-    torch.testing.assert_close(maps["auto"], maps["loop"])
+    torch.testing.assert_close(maps["batched"], maps["loop"])
+
+
+def test_auto_takes_the_chain_on_cpu_only_for_float32(monkeypatch):
+    vae = DSpritesVAE(z_dim=4, generator=torch.Generator().manual_seed(3))
+    mu, feats = encode_with_activation(vae, _images(), "encoder.0")
+    chain, used = EncoderChain.after(vae, "encoder.0"), []
+    original = chain.per_dim_gradients
+    monkeypatch.setattr(chain, "per_dim_gradients", lambda *a, **k: used.append(1) or original(*a, **k))
+    index = torch.zeros(3, 1, dtype=torch.long)
+    per_dim_channel_weights(mu, feats, index, create_graph=False, chain=chain)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as the training step's bf16 forward
+        mu16, feats16 = encode_with_activation(vae, _images(), "encoder.0")
+    assert feats16.dtype == torch.bfloat16
+    per_dim_channel_weights(mu16, feats16, index, create_graph=False, chain=chain)
+    assert used == [1]  # the bf16 activation went to autograd's loop
+    with pytest.raises(ConfigError, match="float32"):
+        list(chain.per_dim_gradients(feats16, index, create_graph=False))
+    with pytest.raises(ConfigError, match="bf16"):
+        check_model(DisentangleConfig(grad_method="chain", precision="bf16"))
 
 
 def test_where_it_does_not_apply_there_is_no_chain():
@@ -79,7 +99,13 @@ def test_where_it_does_not_apply_there_is_no_chain():
     class OptedOut(DSpritesVAE):
         mu_is_leading_encoder_output = False
 
+    class Inherited(DSpritesVAE):  # may change encode: the opt-in is not inherited
+        def encode(self, x):
+            mu, logvar = super().encode(x)
+            return torch.tanh(mu), logvar
+
     assert EncoderChain.after(OptedOut(), "encoder.0") is None
+    assert EncoderChain.after(Inherited(), "encoder.0") is None
     mu, feats = encode_with_activation(vae, _images(), "encoder.0")
     with pytest.raises(ConfigError, match="chain"):
         per_dim_channel_weights(mu, feats, torch.zeros(3, 1, dtype=torch.long), create_graph=False, method="chain")
@@ -90,12 +116,15 @@ def test_where_it_does_not_apply_there_is_no_chain():
 def test_training_steps_are_the_same_with_the_chain_as_with_autograd(tmp_path):
     from vae_attention.data import DSprites
 
-    losses = {}
+    # λ large, so L_AD's gradient sets the encoder's update: a wrong second-order term would change its direction
+    losses, weights = {}, {}
     for method in ("chain", "loop"):
         config = DisentangleConfig(model="ad_factorvae", batch_size=8, grad_method=method, d_hidden_units=32,
-                                   d_hidden_layers=2, eval_size=64, seed=5)
+                                   d_hidden_layers=2, eval_size=64, seed=5, lambda_ad=1e4)
         state = DisentangleState(config, DSprites(grid=(3, 2, 4, 8, 8), cache_dir=tmp_path))
         losses[method] = [{k: float(v) for k, v in state.step().items()} for _ in range(3)]
+        weights[method] = state.models.vae.encoder[2].weight.detach().clone()
     for chained, reference in zip(losses["chain"], losses["loop"], strict=True):
         for key in ("vae_loss", "ad_loss", "recon_loss", "d_loss"):
             assert chained[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-7), key
+    torch.testing.assert_close(weights["chain"], weights["loop"], rtol=0, atol=1e-7)

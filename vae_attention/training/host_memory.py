@@ -33,6 +33,9 @@ def hold_freed_host_memory() -> bool:
     Call it once at the start of a process that trains (a Ray trial does, in ``trainables.common``). Returns
     True when glibc took both settings; False where the C library is not glibc (macOS, musl), which keeps its
     defaults. Idempotent. Setting the thresholds also ends glibc's dynamic threshold adjustment for the process.
+    Under an ``LD_PRELOAD``ed allocator (jemalloc, tcmalloc) glibc still accepts the call and says True, but that
+    allocator keeps its own policy (both cache freed memory already); 32-bit glibc refuses the 32 MiB threshold
+    (False).
     """
     name = ctypes.util.find_library("c")
     if name is None:

@@ -77,6 +77,8 @@ def check_model(config: DisentangleConfig) -> None:
     if config.grad_method == "chain" and EncoderChain.after(vae, config.attention_layer) is None:
         raise ConfigError(f"grad_method='chain' needs Conv2d/Linear/ReLU/Flatten/Identity layers above "
                           f"{config.attention_layer} in the {config.architecture} VAE; use auto, loop or batched")
+    if config.grad_method == "chain" and config.precision == "bf16":
+        raise ConfigError("grad_method='chain' needs float32 activations; with precision=bf16 use auto or loop")
 
 
 def compile_models(models: Models, config: DisentangleConfig, backend: str = "inductor") -> list[str]:
@@ -84,8 +86,9 @@ def compile_models(models: Models, config: DisentangleConfig, backend: str = "in
     of the step that are differentiated only once, under ``config.compile``; returns their names.
 
     Compiled: the decoder and the discriminator; the encoder too for FactorVAE and β-VAE. Not for AD-FactorVAE:
-    a differentiable L_AD backpropagates through the encoder's own backward (a double backward), which
-    torch.compile does not support, and its maps hook the encoder's layer at every step. The reparameterisation
+    its maps hook the encoder's layer at every step, and by autograd's routes (``grad_method`` loop/batched, and
+    "auto" on CUDA) a differentiable L_AD backpropagates through the encoder's own backward (a double
+    backward), which torch.compile does not support. The reparameterisation
     (a draw from the run's generator) and the losses stay eager. ``mode="reduce-overhead"`` adds CUDA graphs to
     the compiled parts on CUDA (no whole-step graph capture is implemented). ``backend`` (e.g. ``"aot_eager"``
     in tests, where inductor's compile time would dominate) takes no mode.
