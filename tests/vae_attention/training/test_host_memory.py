@@ -52,7 +52,9 @@ def _probe(mode: str) -> dict:
 def test_tensor_sized_blocks_come_from_the_heap_and_stay_after_free():
     block = 16 * 2**20
     default = _probe("default")
-    assert default["mmapped_growth"] >= block  # glibc's default: a fresh mmap, unmapped again on free
+    # glibc's default gives the block back to the kernel on free: a fresh mmap, unmapped again (or, where an earlier
+    # free raised its dynamic mmap threshold above the block, heap memory trimmed on free)
+    assert default["mmapped_growth"] >= block or default["heap_after_free"] < default["heap"]
     held = _probe("hold")
     assert held["held"] is True
     assert held["mmapped_growth"] == 0  # served from the heap …
