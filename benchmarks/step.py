@@ -47,11 +47,15 @@ WIDTH = 50  # the row label column
 QUICK_GRID = (3, 2, 4, 8, 8)  # 1,536 images: a stand-in small enough to build in well under a second
 
 
+def dsprites(data_dir: str | None = None, quick_cache: str | None = None) -> DSprites:
+    """The official npz in ``data_dir``, the generated stand-in, or (``quick_cache``) a small stand-in cached there."""
+    return DSprites(grid=QUICK_GRID, cache_dir=quick_cache) if quick_cache else DSprites(data_dir)
+
+
 def project_step(model: str, pairs: str, batch: int, layer: str, device: str, data_dir: str | None = None,
                  quick_cache: str | None = None, **overrides):
-    """The project's step as a zero-argument callable (one optimiser iteration per call), on the official npz in
-    ``data_dir``, the generated stand-in, or (``quick_cache``) a small stand-in cached in that folder."""
-    dataset = DSprites(grid=QUICK_GRID, cache_dir=quick_cache) if quick_cache else DSprites(data_dir)
+    """The project's step as a zero-argument callable (one optimiser iteration per call), on ``dsprites(…)``."""
+    dataset = dsprites(data_dir, quick_cache)
     fields = {f.name for f in dataclasses.fields(DisentangleConfig)}
     overrides = {k: v for k, v in overrides.items() if k in fields}
     config = DisentangleConfig(model=model, pairs=pairs, batch_size=batch, attention_layer=LAYER_NAMES[layer],
@@ -124,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             StepProcess("benchmarks.step:project_step", args.threads, args.device, hold_memory=True) as ours_side, \
             StepProcess("benchmarks.textbook:TextbookStep", args.threads, args.device) as textbook_side:
         data = {"quick_cache": scratch} if args.quick and args.data_dir is None else {"data_dir": args.data_dir}
-        dataset = DSprites(grid=QUICK_GRID, cache_dir=scratch) if "quick_cache" in data else DSprites(args.data_dir)
+        dataset = dsprites(**data)  # built here first: the side processes then read its cache
         load = os.getloadavg()[0]
         print(f"benchmarks.step: device={args.device} threads={args.threads} batch={args.batch} layer={args.layer} "
               f"({LAYER_NAMES[args.layer]}) torch={torch.__version__} OMP_WAIT_POLICY="

@@ -231,17 +231,18 @@ def per_dim_channel_weights(
             method = "batched"
         else:
             method = "chain" if chain is not None and activation.dtype == torch.float32 else "loop"
+    if method == "batched":
+        grads = per_dim_gradients(mu, activation, index, create_graph=create_graph, method="batched")
+        return _normalize(grads, normalize_grads).mean(dim=(-2, -1))
     if method == "chain":
         if chain is None:
             raise ConfigError("grad_method='chain' needs a model whose encoder layers above the attention layer "
                               "are a chain of Conv2d/Linear/ReLU/Flatten/Identity (the dSprites VAEs)")
-        grads = chain.per_dim_gradients(activation, index, create_graph=create_graph)
-        return torch.stack([_normalize(grad, normalize_grads).mean(dim=(-2, -1)) for grad in grads])
-    if method == "batched":
-        grads = per_dim_gradients(mu, activation, index, create_graph=create_graph, method="batched")
-        return _normalize(grads, normalize_grads).mean(dim=(-2, -1))
-    return torch.stack([_normalize(_one_dim_gradient(mu, activation, selector, create_graph), normalize_grads)
-                        .mean(dim=(-2, -1)) for selector in _selectors(mu, index)])
+        one_at_a_time = chain.per_dim_gradients(activation, index, create_graph=create_graph)
+    else:
+        one_at_a_time = (_one_dim_gradient(mu, activation, selector, create_graph)
+                         for selector in _selectors(mu, index))
+    return torch.stack([_normalize(grad, normalize_grads).mean(dim=(-2, -1)) for grad in one_at_a_time])
 
 
 def attention_maps(

@@ -64,9 +64,8 @@ def _forward(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
 class EncoderChain:
     """The encoder layers above one attention layer, able to give ∂μ_i/∂A for chosen dims i."""
 
-    def __init__(self, layers: Sequence[nn.Module], z_dim: int):
+    def __init__(self, layers: Sequence[nn.Module]):
         self.layers = tuple(layers)
-        self.z_dim = z_dim
 
     @classmethod
     def after(cls, model: nn.Module, layer: str) -> EncoderChain | None:
@@ -79,7 +78,7 @@ class EncoderChain:
         layers = list(encoder)[int(index) + 1:]
         if not layers or not all(_supported(m) for m in layers):
             return None
-        return cls(layers, model.z_dim)
+        return cls(layers)
 
     def _forward_record(self, activation: torch.Tensor) -> list[tuple[torch.Size, torch.Tensor | None]]:
         """Each layer's input shape and, for a ReLU, its mask, from the activation (no graph): the forward's."""

@@ -43,6 +43,7 @@ def _conv_trunk() -> list[nn.Module]:
 class DSpritesVAE(VAE):
     # μ = the first z_dim outputs of ``encoder`` (``VAE.encode``): ``EncoderChain`` may write out ∂μ/∂A
     mu_is_leading_encoder_output = True
+
     def __init__(self, z_dim: int = 10, generator: torch.Generator | None = None, encoder_fc_relu: bool = True):
         super().__init__()
         self.z_dim = z_dim

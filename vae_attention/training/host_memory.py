@@ -14,7 +14,6 @@ model, so its resident set stays at its peak either way; nothing else shares the
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 # mallopt parameter numbers (glibc's malloc.h)
@@ -37,13 +36,9 @@ def hold_freed_host_memory() -> bool:
     allocator keeps its own policy (both cache freed memory already); 32-bit glibc refuses the 32 MiB threshold
     (False).
     """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    try:  # the symbols already loaded into this process (no library search, which runs ldconfig)
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):  # no mallopt: not glibc; TypeError: Windows has no CDLL(None)
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
